@@ -1,0 +1,137 @@
+"""Backend registry and thread control.
+
+A backend is a module exposing kernels under the names of the reference
+backend (``conv2d_fwd_im2col``, ``maxpool2d_fwd``, ...). The functional layer
+looks kernels up by name, so adding a backend never touches layers or models.
+
+The default backend is, in order: the one set by :func:`set_backend`, the
+``FASTCONV_BACKEND`` environment variable, the fastest available.
+"""
+
+import importlib
+import os
+
+_MODULES = {
+    "numpy": "fastconv.backends.reference",
+    "cython": "fastconv.backends.cython",
+}
+# fastest first; a backend joins this list once it implements every operation
+_PREFERENCE = ("numpy",)
+_HOW_TO_GET = {
+    "numpy": "it is part of fastconv",
+    "cython": "reinstall fastconv from source with a C compiler (pip install .)",
+}
+
+_loaded = {}
+_failed = {}
+_default = None
+
+
+def _load(name):
+    if name not in _loaded and name not in _failed:
+        try:
+            _loaded[name] = importlib.import_module(_MODULES[name])
+        except ImportError as exc:
+            _failed[name] = exc
+    return _loaded.get(name)
+
+
+def available_backends():
+    """Names of the backends that import on this machine, fastest first.
+
+    >>> "numpy" in available_backends()
+    True
+    """
+    return [name for name in _MODULES if _load(name) is not None]
+
+
+def get_backend(name=None):
+    """The backend module called ``name``, or the default backend for ``None``."""
+    if name is None:
+        name = default_backend()
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string such as 'numpy', got {name!r}")
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(_MODULES)}")
+    module = _load(name)
+    if module is None:
+        raise RuntimeError(
+            f"backend {name!r} is not available here ({_failed[name]}); to get it, "
+            f"{_HOW_TO_GET[name]}"
+        )
+    return module
+
+
+def backend_name(module):
+    """The registry name of a backend module."""
+    return next(name for name, path in _MODULES.items() if path == module.__name__)
+
+
+def default_backend():
+    """The name of the backend used when a call passes ``backend=None``."""
+    if _default is not None:
+        return _default
+    env = os.environ.get("FASTCONV_BACKEND")
+    if env:
+        get_backend(env)
+        return env
+    return next(name for name in _PREFERENCE if _load(name) is not None)
+
+
+def set_backend(name):
+    """Make ``name`` the default backend (``None`` restores the automatic choice)."""
+    global _default
+    if name is not None:
+        get_backend(name)
+    _default = name
+
+
+# ---------------------------------------------------------------------------
+# Threads: OpenMP (Cython kernels), Numba and BLAS share one setting
+# ---------------------------------------------------------------------------
+
+def _initial_threads():
+    for var in ("FASTCONV_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+_num_threads = None
+_blas_limiter = None
+
+
+def get_num_threads():
+    """Threads used by fastconv's kernels, Numba and BLAS."""
+    global _num_threads
+    if _num_threads is None:
+        set_num_threads(_initial_threads())
+    return _num_threads
+
+
+def set_num_threads(n):
+    """Use ``n`` threads in OpenMP kernels, Numba and BLAS (through threadpoolctl).
+
+    Two thread pools each as wide as the machine, running at once, thrash:
+    fastconv keeps them at the same width and never runs one inside the other.
+    """
+    global _num_threads, _blas_limiter
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    from threadpoolctl import threadpool_limits
+
+    if _blas_limiter is not None:
+        _blas_limiter.restore_original_limits()
+    _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+    numba = _loaded_numba()
+    if numba is not None:
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    _num_threads = n
+
+
+def _loaded_numba():
+    """Numba if something already imported it: importing it only to set threads costs ~0.5 s."""
+    import sys
+
+    return sys.modules.get("numba")

@@ -1,0 +1,519 @@
+"""The functional API: stateless operations on NumPy arrays (NCHW).
+
+Each function validates its arguments once (``fastconv.shapes``), picks the
+backend and, for convolutions, the algorithm, allocates the outputs and runs
+the backend's kernels on C-contiguous copies (when the input is not
+contiguous already). Inputs are never written to. The result has the input's
+dtype, float32 or float64.
+"""
+
+import numpy as np
+
+from . import backends as _backends
+from . import select as _select
+from . import shapes as _shapes
+from .shapes import conv_output_size  # noqa: F401  (public: fastconv.conv_output_size)
+
+
+def _alloc(shape, dtype):
+    """Every output a kernel writes is allocated here (the tests poison it with NaN)."""
+    return np.empty(shape, dtype=dtype)
+
+
+def _contiguous(*arrays):
+    return tuple(None if a is None else np.ascontiguousarray(a) for a in arrays)
+
+
+def _kernel(backend, name, op):
+    kernel = getattr(backend, name, None)
+    if kernel is None:
+        raise ValueError(
+            f"{op}: backend {_backends.backend_name(backend)!r} does not implement {name}; "
+            f"backends that import here: {_backends.available_backends()}"
+        )
+    return kernel
+
+
+def _conv_setup(geometry, algorithm, backend, op):
+    """Backend module and resolved algorithm of a convolution call."""
+    module = _backends.get_backend(backend)
+    name = _backends.backend_name(module)
+    algo = _select.choose_algorithm(geometry, algorithm, _select.implemented(module), name, op)
+    return module, algo
+
+
+def _bias_or_zeros(bias, geometry, dtype):
+    return bias if bias is not None else np.zeros(geometry.c_out, dtype=dtype)
+
+
+def algorithms(backend=None):
+    """The convolution algorithms ``backend`` implements (forward and both gradients).
+
+    >>> "im2col" in algorithms("numpy")
+    True
+    """
+    return list(_select.implemented(_backends.get_backend(backend)))
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+# ---------------------------------------------------------------------------
+
+def _conv_forward(module, algo, x, weight, bias, g):
+    x, weight, bias = _contiguous(x, weight, _bias_or_zeros(bias, g, x.dtype))
+    y = _alloc(g.y_shape, x.dtype)
+    _kernel(module, f"conv2d_fwd_{algo}", "conv2d")(
+        x, weight, bias, y, *g.kernel_args(), _backends.get_num_threads())
+    return y
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto", backend=None):
+    """2-D cross-correlation, the "convolution" of deep learning.
+
+    ``Y[n,k,oh,ow] = b[k] + sum_{c,i,j} W[k,c,i,j] X[n, g(k)*C/g + c, oh*S - P + i*D, ow*S - P + j*D]``
+
+    Padding selects the chapter's narrow (``"valid"``, P=0), same (``"same"``,
+    output ``ceil(M/S)``) or wide (``"full"``, P=D*(K-1)) convolution.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C_in, H, W), float32 or float64
+    weight : ndarray, (C_out, C_in/groups, kH, kW), same dtype
+    bias : ndarray, (C_out,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (ph, pw), ((top, bottom), (left, right)) or "valid" | "same" | "full"
+        "same" puts the odd pixel of padding at the bottom/right.
+    groups : int
+        Input and output channels split into ``groups`` independent convolutions.
+    algorithm : {"auto", "im2col", "direct", "winograd", "winograd2", "winograd4", "winograd6"}
+    backend : str, optional
+
+    Returns
+    -------
+    y : ndarray, (N, C_out, OH, OW)
+
+    Shape:
+        ``OH = floor((H + P_top + P_bottom - D*(kH-1) - 1) / S) + 1``, likewise OW;
+        the chapter's ``(M - K + 2P)/S + 1`` for D=1.
+
+    Examples
+    --------
+    >>> x = np.ones((1, 1, 5, 5)); w = np.ones((1, 1, 3, 3))
+    >>> conv2d(x, w).shape, conv2d(x, w, padding="same").shape, conv2d(x, w, padding="full").shape
+    ((1, 1, 3, 3), (1, 1, 5, 5), (1, 1, 7, 7))
+    """
+    x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
+                                                 groups, "conv2d")
+    module, algo = _conv_setup(g, algorithm, backend, "conv2d")
+    return _conv_forward(module, algo, x, weight, bias, g)
+
+
+def convolve2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+               algorithm="auto", backend=None):
+    """True 2-D convolution: the kernel rotated 180 degrees, ``X * W = X (x) rot180(W)``.
+
+    Same arguments, shapes and result layout as :func:`conv2d`.
+
+    Examples
+    --------
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3); w = np.arange(4.0).reshape(1, 1, 2, 2)
+    >>> bool(np.allclose(convolve2d(x, w), conv2d(x, w[..., ::-1, ::-1])))
+    True
+    """
+    x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
+                                                 groups, "convolve2d")
+    module, algo = _conv_setup(g, algorithm, backend, "convolve2d")
+    return _conv_forward(module, algo, x, weight[:, :, ::-1, ::-1], bias, g)
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    algorithm="auto", backend=None):
+    """Gradients of :func:`conv2d` with respect to x, weight and bias.
+
+    - ``dL/dW = dL/dY (x) X``: the correlation of the input with the output gradient;
+    - ``dL/dX = rot180(W) (x~) dL/dY``: the wide (full) convolution of the output
+      gradient with the rotated kernel, its channels swapped; with stride S the
+      gradient is first dilated by S-1 zeros;
+    - ``dL/db = sum over n, oh, ow of dL/dY``.
+
+    Parameters
+    ----------
+    grad_out : ndarray, (N, C_out, OH, OW)
+        ``dL/dY``, the shape :func:`conv2d` returned.
+    x, weight, stride, padding, dilation, groups, algorithm, backend
+        As given to :func:`conv2d`; pass the same algorithm so that the backward
+        pass follows the forward's path.
+
+    Returns
+    -------
+    grad_x : ndarray, (N, C_in, H, W)
+    grad_weight : ndarray, (C_out, C_in/groups, kH, kW)
+    grad_bias : ndarray, (C_out,)
+
+    Examples
+    --------
+    >>> x = np.ones((1, 1, 4, 4)); w = np.ones((1, 1, 3, 3))
+    >>> gx, gw, gb = conv2d_backward(np.ones((1, 1, 2, 2)), x, w)
+    >>> gx[0, 0, 1, 1], gw[0, 0, 0, 0], gb[0]
+    (np.float64(4.0), np.float64(4.0), np.float64(4.0))
+    """
+    op = "conv2d_backward"
+    x, weight, _, g = _shapes.conv2d_geometry(x, weight, None, stride, padding, dilation,
+                                              groups, op)
+    grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, x)
+    module, algo = _conv_setup(g, algorithm, backend, op)
+    grad_out, x, weight = _contiguous(grad_out, x, weight)
+    n_threads = _backends.get_num_threads()
+    grad_x = _alloc(g.x_shape, x.dtype)
+    grad_w = _alloc(g.weight_shape, x.dtype)
+    _kernel(module, f"conv2d_bwd_data_{algo}", op)(
+        grad_out, weight, grad_x, *g.kernel_args(), n_threads)
+    _kernel(module, f"conv2d_bwd_weight_{algo}", op)(
+        grad_out, x, grad_w, *g.kernel_args(), n_threads)
+    return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, backend=None):
+    """Transposed (fractionally strided) convolution: the map from low to high dimension.
+
+    It is the adjoint of :func:`conv2d` with the same weight: ``<conv2d(z, W), x>
+    = <z, conv_transpose2d(x, W)>``. Equivalently, insert S-1 zeros between the
+    input pixels, pad by ``D*(K-1) - P`` and correlate with ``rot180(W)``.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C_in, H, W)
+    weight : ndarray, (C_in, C_out/groups, kH, kW)
+    bias : ndarray, (C_out,), optional
+    stride, padding, output_padding, dilation : int or (int, int)
+        ``output_padding`` (< max(stride, dilation)) adds rows and columns at
+        the bottom and right, to reach sizes that several inputs map to.
+    groups : int
+    backend : str, optional
+
+    Returns
+    -------
+    y : ndarray, (N, C_out, OH, OW)
+
+    Shape:
+        ``OH = (H - 1)*S - 2P + D*(kH - 1) + output_padding + 1``, likewise OW.
+
+    Examples
+    --------
+    >>> conv_transpose2d(np.ones((1, 4, 28, 28)), np.ones((4, 2, 4, 4)), stride=2, padding=1).shape
+    (1, 2, 56, 56)
+    """
+    op = "conv_transpose2d"
+    x, weight, bias, g = _shapes.conv_transpose2d_geometry(
+        x, weight, bias, stride, padding, output_padding, groups, dilation, op)
+    module, algo = _conv_setup(g, "auto", backend, op)
+    x, weight = _contiguous(x, weight)
+    y = _alloc(g.x_shape, x.dtype)
+    _kernel(module, f"conv2d_bwd_data_{algo}", op)(
+        x, weight, y, *g.kernel_args(), _backends.get_num_threads())
+    if bias is not None:
+        y += bias[:, None, None]
+    return y
+
+
+def conv_transpose2d_backward(grad_out, x, weight, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, *, backend=None):
+    """Gradients of :func:`conv_transpose2d`: its data gradient is a forward convolution.
+
+    - ``dL/dX = conv2d(dL/dY, W)`` (the adjoint of the adjoint);
+    - ``dL/dW`` is the convolution's weight gradient with the roles of input and
+      output gradient swapped: ``dL/dY (x) X`` becomes ``X (x) dL/dY``;
+    - ``dL/db = sum over n, oh, ow of dL/dY``.
+
+    Returns
+    -------
+    grad_x : (N, C_in, H, W), grad_weight : (C_in, C_out/groups, kH, kW), grad_bias : (C_out,)
+
+    Examples
+    --------
+    >>> gx, gw, gb = conv_transpose2d_backward(np.ones((1, 1, 5, 5)), np.ones((1, 1, 2, 2)),
+    ...                                        np.ones((1, 1, 3, 3)), stride=2)
+    >>> gx.shape, gw.shape, gb.shape
+    ((1, 1, 2, 2), (1, 1, 3, 3), (1,))
+    """
+    op = "conv_transpose2d_backward"
+    x, weight, _, g = _shapes.conv_transpose2d_geometry(
+        x, weight, None, stride, padding, output_padding, groups, dilation, op)
+    grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.x_shape, x)
+    module, algo = _conv_setup(g, "auto", backend, op)
+    grad_out, x, weight = _contiguous(grad_out, x, weight)
+    n_threads = _backends.get_num_threads()
+    grad_x = _alloc(g.y_shape, x.dtype)
+    grad_w = _alloc(g.weight_shape, x.dtype)
+    _kernel(module, f"conv2d_fwd_{algo}", op)(
+        grad_out, weight, np.zeros(g.c_out, dtype=x.dtype), grad_x, *g.kernel_args(), n_threads)
+    _kernel(module, f"conv2d_bwd_weight_{algo}", op)(
+        x, grad_out, grad_w, *g.kernel_args(), n_threads)
+    return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im
+# ---------------------------------------------------------------------------
+
+def im2col(x, kernel_size, dilation=1, padding=0, stride=1, *, backend=None):
+    """Lower every sliding window of x to a column (PyTorch's ``unfold``).
+
+    ``cols[n, c*kH*kW + i*kW + j, oh*OW + ow] = X[n, c, oh*S - P + i*D, ow*S - P + j*D]``,
+    so that a convolution becomes one matrix product, ``Y = W . cols``.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+    kernel_size, dilation, padding, stride : int or (int, int)
+
+    Returns
+    -------
+    cols : ndarray, (N, C*kH*kW, L) with ``L = OH*OW``
+
+    Examples
+    --------
+    >>> im2col(np.ones((2, 3, 5, 5)), 3).shape
+    (2, 27, 9)
+    """
+    op = "im2col"
+    x = _shapes.float_array(x, "x", op, ndim=4)
+    g = _shapes.unfold_geometry(*x.shape, kernel_size, dilation, padding, stride, op)
+    module = _backends.get_backend(backend)
+    (x,) = _contiguous(x)
+    cols = _alloc((g.n, g.c_out, g.oh, g.ow), x.dtype)
+    _kernel(module, "im2col", op)(x, cols, *g.kernel_args()[:-1], _backends.get_num_threads())
+    return cols.reshape(g.n, g.c_out, g.oh * g.ow)
+
+
+def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1, *, backend=None):
+    """Sum columns back into an image, the adjoint of :func:`im2col` (PyTorch's ``fold``).
+
+    Parameters
+    ----------
+    cols : ndarray, (N, C*kH*kW, L)
+    output_size : int or (int, int)
+        ``(H, W)`` of the image.
+    kernel_size, dilation, padding, stride : int or (int, int)
+
+    Returns
+    -------
+    x : ndarray, (N, C, H, W); a pixel covered by several windows gets their sum.
+
+    Examples
+    --------
+    >>> col2im(im2col(np.ones((1, 1, 3, 3)), 2), 3, 2)[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]])
+    """
+    op = "col2im"
+    cols, g = _shapes.col2im_geometry(cols, output_size, kernel_size, dilation, padding, stride, op)
+    module = _backends.get_backend(backend)
+    (cols,) = _contiguous(cols)
+    x = _alloc(g.x_shape, cols.dtype)
+    _kernel(module, "col2im", op)(cols.reshape(g.n, g.c_out, g.oh, g.ow), x,
+                                  *g.kernel_args()[:-1], _backends.get_num_threads())
+    return x
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------
+
+def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, backend, op):
+    x, g = _shapes.pool2d_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    module = _backends.get_backend(backend)
+    (x,) = _contiguous(x)
+    y = _alloc(g.y_shape, x.dtype)
+    indices = _alloc(g.y_shape, np.int64)
+    _kernel(module, "maxpool2d_fwd", op)(x, y, indices, *g.kernel_args(),
+                                         _backends.get_num_threads())
+    return module, g, y, indices
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False, *, backend=None):
+    """Max pooling: ``Y[n,c,oh,ow] = max_{i,j} X[n, c, oh*S - P + i*D, ow*S - P + j*D]``.
+
+    Padding counts as -inf. NaN propagates, as in PyTorch.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size``.
+    padding : int or (int, int)
+        At most half the kernel size.
+    dilation : int or (int, int)
+    ceil_mode : bool
+        Round the output size up; a last window must still start inside the
+        input or its left/top padding.
+    return_indices : bool
+        Also return the flat index ``ih*W + iw`` of each maximum in its plane.
+
+    Returns
+    -------
+    y : ndarray, (N, C, OH, OW), and ``indices`` (int64, same shape) if asked for
+
+    Shape:
+        ``OH = floor((H + 2P - D*(kH-1) - 1) / S) + 1`` (ceil with ``ceil_mode``).
+
+    Examples
+    --------
+    >>> max_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0]
+    array([[ 5.,  7.],
+           [13., 15.]])
+    """
+    _, _, y, indices = _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                 backend, "max_pool2d")
+    return (y, indices) if return_indices else y
+
+
+def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilation=1,
+                        ceil_mode=False, *, backend=None):
+    """Gradient of :func:`max_pool2d`: each window's gradient goes to its maximum.
+
+    The chapter's ``delta^l = up(delta^{l+1})`` where ``up`` routes each
+    output's gradient to the input position that won the max (the first
+    maximum, row-major, on ties); overlapping windows add up.
+
+    Returns
+    -------
+    grad_x : ndarray, (N, C, H, W)
+
+    Examples
+    --------
+    >>> max_pool2d_backward(np.ones((1, 1, 1, 1)), np.arange(4.0).reshape(1, 1, 2, 2), 2)[0, 0]
+    array([[0., 0.],
+           [0., 1.]])
+    """
+    op = "max_pool2d_backward"
+    module, g, y, indices = _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                      backend, op)
+    grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, y)
+    (grad_out,) = _contiguous(grad_out)
+    grad_x = _alloc(g.x_shape, grad_out.dtype)
+    _kernel(module, "maxpool2d_bwd", op)(grad_out, indices, grad_x, _backends.get_num_threads())
+    return grad_x
+
+
+def _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                    divisor_override, backend, op):
+    x, g = _shapes.pool2d_geometry(x, kernel_size, stride, padding, 1, ceil_mode, op)
+    if not isinstance(count_include_pad, (bool, np.bool_)):
+        raise TypeError(f"{op}: count_include_pad must be a bool, got {count_include_pad!r}")
+    divisor = _shapes.divisor_override_value(divisor_override, op)
+    return x, g, _backends.get_backend(backend), (bool(count_include_pad), divisor)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, backend=None):
+    """Average (mean) pooling: each window's sum divided by its size.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+    kernel_size, stride, padding, ceil_mode
+        As in :func:`max_pool2d` (no dilation).
+    count_include_pad : bool
+        Divide windows that hang over the padding by their size including the
+        padding (True) or by the number of input pixels they cover (False).
+    divisor_override : int, optional
+        Divide every window by this instead.
+
+    Returns
+    -------
+    y : ndarray, (N, C, OH, OW)
+
+    Examples
+    --------
+    >>> avg_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)[0, 0]
+    array([[ 2.5,  4.5],
+           [10.5, 12.5]])
+    """
+    op = "avg_pool2d"
+    x, g, module, extra = _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode,
+                                          count_include_pad, divisor_override, backend, op)
+    (x,) = _contiguous(x)
+    y = _alloc(g.y_shape, x.dtype)
+    _kernel(module, "avgpool2d_fwd", op)(x, y, *g.kernel_args(), *extra,
+                                         _backends.get_num_threads())
+    return y
+
+
+def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True, divisor_override=None, *, backend=None):
+    """Gradient of :func:`avg_pool2d`: ``up(delta) / divisor``, each window's gradient
+    spread evenly over the pixels it covers (with the forward's divisor).
+
+    Examples
+    --------
+    >>> avg_pool2d_backward(np.ones((1, 1, 1, 1)), np.zeros((1, 1, 2, 2)), 2)[0, 0]
+    array([[0.25, 0.25],
+           [0.25, 0.25]])
+    """
+    op = "avg_pool2d_backward"
+    x, g, module, extra = _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode,
+                                          count_include_pad, divisor_override, backend, op)
+    grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, x)
+    (grad_out,) = _contiguous(grad_out)
+    grad_x = _alloc(g.x_shape, x.dtype)
+    _kernel(module, "avgpool2d_bwd", op)(grad_out, grad_x, *g.kernel_args(), *extra,
+                                         _backends.get_num_threads())
+    return grad_x
+
+
+def _adaptive_setup(x, output_size, backend, op):
+    x = _shapes.float_array(x, "x", op, ndim=4)
+    _shapes.check_positive_spatial(x, op)
+    oh, ow = _shapes.adaptive_output_size(x.shape[2:], output_size, op)
+    return x, (x.shape[0], x.shape[1], oh, ow), _backends.get_backend(backend)
+
+
+def adaptive_avg_pool2d(x, output_size, *, backend=None):
+    """Average pooling to a fixed output size: window ``o`` of an axis of length M
+    covers ``[floor(o*M/O), ceil((o+1)*M/O))``. ``output_size=1`` is global average pooling.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+    output_size : int or (int or None, int or None)
+        ``None`` keeps that axis' input size.
+
+    Returns
+    -------
+    y : ndarray, (N, C, OH, OW)
+
+    Examples
+    --------
+    >>> adaptive_avg_pool2d(np.arange(16.0).reshape(1, 1, 4, 4), 1)[0, 0]
+    array([[7.5]])
+    """
+    op = "adaptive_avg_pool2d"
+    x, y_shape, module = _adaptive_setup(x, output_size, backend, op)
+    (x,) = _contiguous(x)
+    y = _alloc(y_shape, x.dtype)
+    _kernel(module, "adaptive_avgpool2d_fwd", op)(x, y, _backends.get_num_threads())
+    return y
+
+
+def adaptive_avg_pool2d_backward(grad_out, x, output_size, *, backend=None):
+    """Gradient of :func:`adaptive_avg_pool2d`: each window's gradient spread over its pixels.
+
+    Examples
+    --------
+    >>> adaptive_avg_pool2d_backward(np.ones((1, 1, 1, 1)), np.zeros((1, 1, 2, 2)), 1)[0, 0]
+    array([[0.25, 0.25],
+           [0.25, 0.25]])
+    """
+    op = "adaptive_avg_pool2d_backward"
+    x, y_shape, module = _adaptive_setup(x, output_size, backend, op)
+    grad_out = _shapes.grad_array(grad_out, "grad_out", op, y_shape, x)
+    (grad_out,) = _contiguous(grad_out)
+    grad_x = _alloc(x.shape, x.dtype)
+    _kernel(module, "adaptive_avgpool2d_bwd", op)(grad_out, grad_x, _backends.get_num_threads())
+    return grad_x

@@ -1,0 +1,68 @@
+"""Which convolution algorithm runs: a pure function of the call, resolved once.
+
+An explicit request that cannot run is a ``ValueError``, never a silent
+substitute; ``"auto"`` picks among what the backend implements.
+"""
+
+ALGORITHMS = ("im2col", "direct", "winograd2", "winograd4", "winograd6")
+# "winograd" is F(4x4, 3x3), the usual trade of speed against float32 accuracy
+ALIASES = {"winograd": "winograd4"}
+REQUESTS = ("auto",) + ALGORITHMS + tuple(ALIASES)
+
+
+def implemented(backend):
+    """The algorithms a backend module has forward, data-gradient and weight-gradient kernels for."""
+    return tuple(
+        name for name in ALGORITHMS
+        if all(hasattr(backend, f"conv2d_{direction}_{name}")
+               for direction in ("fwd", "bwd_data", "bwd_weight"))
+    )
+
+
+def winograd_applicable(geometry):
+    """Winograd F(m x m, 3 x 3) needs a 3x3 kernel, stride 1 and dilation 1."""
+    g = geometry
+    return (g.kh, g.kw, g.sh, g.sw, g.dh, g.dw) == (3, 3, 1, 1, 1, 1)
+
+
+def choose_algorithm(geometry, requested, available, backend_name, op="conv2d"):
+    """The algorithm to run for ``requested`` ("auto" or a name), among ``available``.
+
+    Parameters
+    ----------
+    geometry : ConvGeometry
+        The validated call.
+    requested : str
+        ``"auto"``, one of :data:`ALGORITHMS` or an alias (``"winograd"``).
+    available : tuple of str
+        What the backend implements (:func:`implemented`).
+    backend_name : str
+        For the error messages.
+
+    Returns
+    -------
+    str
+        A member of ``available``.
+    """
+    if not isinstance(requested, str) or requested not in REQUESTS:
+        raise ValueError(f"{op}: algorithm must be one of {list(REQUESTS)}, got {requested!r}")
+    if requested == "auto":
+        return auto_algorithm(geometry, available)
+    name = ALIASES.get(requested, requested)
+    if name not in available:
+        raise ValueError(
+            f"{op}: backend {backend_name!r} does not implement algorithm {requested!r}; "
+            f"it implements {list(available)}"
+        )
+    if name.startswith("winograd") and not winograd_applicable(geometry):
+        g = geometry
+        raise ValueError(
+            f"{op}: algorithm {requested!r} needs a 3x3 kernel, stride 1 and dilation 1, got "
+            f"kernel ({g.kh}, {g.kw}), stride ({g.sh}, {g.sw}), dilation ({g.dh}, {g.dw})"
+        )
+    return name
+
+
+def auto_algorithm(geometry, available):
+    """The algorithm ``"auto"`` runs: im2col + BLAS unless the backend lacks it."""
+    return "im2col" if "im2col" in available else available[0]
