@@ -455,6 +455,15 @@ def pool2d_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op):
             f"{op}: the output would be {oh}x{ow}: kernel ({kh}, {kw}) with dilation "
             f"({dh}, {dw}) does not fit the {h}x{w} input padded by ({ph}, {pw})"
         )
+    for axis, size, out, k, s, p, d in (("height", h, oh, kh, sh, ph, dh),
+                                        ("width", w, ow, kw, sw, pw, dw)):
+        if d > 1 and any(all(not 0 <= o * s - p + i * d < size for i in range(k))
+                         for o in range(out)):
+            raise ValueError(
+                f"{op}: with dilation {d} and padding {p} some windows along the {axis} "
+                f"read only padding (input {axis} {size}); such a window has no maximum "
+                f"inside the input"
+            )
     return x, PoolGeometry(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow)
 
 

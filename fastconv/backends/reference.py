@@ -184,14 +184,15 @@ def _winograd_correlate(x, w, b, y, m, pt, pl, groups):
     g_mat, bt, at = TRANSFORMS[m].matrices(x.dtype)
     alpha = m + R - 1
     n, k, oh, ow = y.shape
+    c = x.shape[1]
     th, tw = -(-oh // m), -(-ow // m)
     # padded input covering whole tiles; output rows past OH are cut off at the end
     xp = _embed(x, pt, pl, th * m + R - 1, tw * m + R - 1)
     d = np.lib.stride_tricks.sliding_window_view(xp, (alpha, alpha), axis=(2, 3))[:, :, ::m, ::m]
     v = np.einsum("ai,nctuij,bj->abnctu", bt, d, bt)                    # V = B^T d B
-    v = v.reshape(alpha, alpha, n, groups, -1, th, tw)
+    v = v.reshape(alpha, alpha, n, groups, c // groups, th, tw)
     u = np.einsum("ai,kcij,bj->abkc", g_mat, w, g_mat)                  # U = G g G^T
-    u = u.reshape(alpha, alpha, groups, k // groups, -1)
+    u = u.reshape(alpha, alpha, groups, k // groups, c // groups)
     mm = np.einsum("abgkc,abngctu->abngktu", u, v)                      # M = sum_c U V
     tiles = np.einsum("ia,abngktu,jb->ngktiuj", at, mm, at)             # Y = A^T M A
     tiles = tiles.reshape(n, k, th * m, tw * m)
@@ -275,10 +276,11 @@ def maxpool2d_bwd(dy, indices, dx, n_threads):
     dy, indices : (N, C, OH, OW)  # IN     dx : (N, C, H, W)  # OUT
     """
     n, c, h, w = dx.shape
+    oh, ow = dy.shape[2:]
     planes = dx.reshape(n * c, h * w)
     planes[...] = 0
     rows = np.arange(n * c)[:, None]
-    np.add.at(planes, (rows, indices.reshape(n * c, -1)), dy.reshape(n * c, -1))
+    np.add.at(planes, (rows, indices.reshape(n * c, oh * ow)), dy.reshape(n * c, oh * ow))
 
 
 def _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad, divisor_override):

@@ -1,0 +1,125 @@
+"""Backend registry, threads, algorithm selection, and what each backend exports."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import backends
+from fastconv.select import ALGORITHMS, choose_algorithm, implemented
+from fastconv.shapes import conv2d_geometry
+
+REFERENCE_KERNELS = sorted(n for n in dir(backends.get_backend("numpy"))
+                           if n.startswith(("conv2d_", "maxpool", "avgpool", "adaptive_"))
+                           or n in ("im2col", "col2im"))
+
+
+def test_numpy_backend_is_always_available():
+    assert "numpy" in fc.available_backends()
+
+
+def test_cython_kernels_are_compiled():
+    """The extension must build with the package: a silent pure-Python fallback would hide it."""
+    assert "cython" in fc.available_backends()
+    from fastconv import _kernels
+    assert _kernels.__file__.endswith((".so", ".pyd"))
+
+
+@pytest.mark.parametrize("backend", fc.available_backends())
+def test_backends_mirror_the_reference_names(backend):
+    """Every kernel a backend exports has a reference twin with the same name and
+    arguments, and every algorithm it claims has all three passes."""
+    import inspect
+
+    module = backends.get_backend(backend)
+    reference = backends.get_backend("numpy")
+    exported = [n for n in dir(module) if n in REFERENCE_KERNELS]
+    assert {"im2col", "col2im"} <= set(exported)
+    for name in exported:
+        params = inspect.signature(getattr(reference, name)).parameters
+        kernel = getattr(module, name)
+        try:
+            theirs = inspect.signature(kernel).parameters
+        except ValueError:       # compiled functions without a signature
+            continue
+        assert len(theirs) == len(params), name
+    for algo in fc.algorithms(backend):
+        for direction in ("fwd", "bwd_data", "bwd_weight"):
+            assert callable(getattr(module, f"conv2d_{direction}_{algo}"))
+
+
+def test_numpy_reference_implements_every_algorithm():
+    assert fc.algorithms("numpy") == list(ALGORITHMS)
+
+
+def test_set_backend_and_environment(monkeypatch):
+    try:
+        fc.set_backend("cython")
+        assert backends.default_backend() == "cython"
+        fc.set_backend(None)
+        monkeypatch.setenv("FASTCONV_BACKEND", "numpy")
+        assert backends.default_backend() == "numpy"
+        monkeypatch.setenv("FASTCONV_BACKEND", "nonsense")
+        with pytest.raises(ValueError, match="unknown backend 'nonsense'"):
+            fc.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)))
+    finally:
+        fc.set_backend(None)
+
+
+def test_missing_backend_is_a_runtime_error_saying_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(backends._MODULES, "imaginary", "fastconv.backends.does_not_exist")
+    monkeypatch.setitem(backends._HOW_TO_GET, "imaginary", "pip install imaginary")
+    with pytest.raises(RuntimeError, match="not available here.*pip install imaginary"):
+        fc.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)), backend="imaginary")
+    assert "imaginary" not in fc.available_backends()
+
+
+def test_threads_govern_blas():
+    from threadpoolctl import threadpool_info
+
+    before = fc.get_num_threads()
+    try:
+        fc.set_num_threads(1)
+        assert fc.get_num_threads() == 1
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+    finally:
+        fc.set_num_threads(before)
+
+
+def test_thread_count_from_environment():
+    code = "import fastconv; print(fastconv.get_num_threads())"
+    env = dict(os.environ, FASTCONV_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+
+
+def _geometry(kernel=3, stride=1, dilation=1):
+    x, w = np.zeros((1, 8, 16, 16)), np.zeros((8, 8, kernel, kernel))
+    return conv2d_geometry(x, w, None, stride, 1, dilation, 1)[3]
+
+
+@pytest.mark.parametrize("requested,expected", [
+    ("im2col", "im2col"), ("direct", "direct"), ("winograd", "winograd4"),
+    ("winograd2", "winograd2"), ("winograd6", "winograd6"),
+])
+def test_explicit_algorithm_is_honoured(requested, expected):
+    assert choose_algorithm(_geometry(), requested, ALGORITHMS, "numpy") == expected
+
+
+@pytest.mark.parametrize("geometry", [_geometry(kernel=5), _geometry(stride=2),
+                                      _geometry(dilation=2)])
+def test_winograd_refuses_what_it_cannot_run(geometry):
+    with pytest.raises(ValueError, match="needs a 3x3 kernel, stride 1 and dilation 1"):
+        choose_algorithm(geometry, "winograd", ALGORITHMS, "numpy")
+
+
+def test_auto_is_resolved_among_what_the_backend_has():
+    assert choose_algorithm(_geometry(), "auto", ("im2col",), "cython") == "im2col"
+    assert choose_algorithm(_geometry(), "auto", ("direct",), "x") == "direct"
+    with pytest.raises(ValueError, match="does not implement algorithm 'direct'"):
+        choose_algorithm(_geometry(), "direct", ("im2col",), "cython")
+    assert implemented(backends.get_backend("cython")) == ("im2col",)

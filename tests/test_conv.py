@@ -1,0 +1,143 @@
+"""Convolution on every backend and algorithm against the naive oracle (no torch needed)."""
+
+import numpy as np
+import pytest
+import scipy.signal
+
+import fastconv as fc
+from fastconv.select import winograd_applicable
+from fastconv.shapes import conv2d_geometry
+
+import oracle
+from configs import TOLERANCE, conv_configs, conv_transpose_configs, config_id, rel_err
+from conftest import backend_algorithms
+
+CONFIGS = conv_configs(80, seed=1)
+
+
+def _arrays(config, rng, c_out):
+    x = rng.standard_normal(config["x_shape"])
+    w = rng.standard_normal(config["w_shape"])
+    b = rng.standard_normal(c_out) if config["bias"] else None
+    return x, w, b
+
+
+def _cast(dtype, *arrays):
+    return [None if a is None else a.astype(dtype) for a in arrays]
+
+
+def _applicable(config, algo):
+    x, w = np.zeros(config["x_shape"]), np.zeros(config["w_shape"])
+    g = conv2d_geometry(x, w, None, **config["kwargs"])[3]
+    return not algo.startswith("winograd") or winograd_applicable(g)
+
+
+def applicable_cases(configs):
+    """(config, backend, algorithm) for every algorithm that can run the config."""
+    return [pytest.param(c, b, a, id=f"{b}-{a}-{config_id(c)}")
+            for c in configs for b, a in backend_algorithms() if _applicable(c, a)]
+
+
+@pytest.mark.parametrize("config,backend,algo", applicable_cases(CONFIGS))
+def test_conv2d_forward_and_backward_match_naive_loops(config, backend, algo):
+    rng = np.random.default_rng(0)
+    x, w, b = _arrays(config, rng, config["w_shape"][0])
+    kw = config["kwargs"]
+    naive_args = (kw["stride"], config["pads"], kw["dilation"], kw["groups"])
+    y_ref = oracle.conv2d(x, w, b, *naive_args)
+    dy = rng.standard_normal(y_ref.shape)
+    grads_ref = oracle.conv2d_backward(dy, x, w, *naive_args)
+
+    dtype = config["dtype"]
+    tol = TOLERANCE[dtype, algo]
+    x_, w_, b_, dy_ = _cast(dtype, x, w, b, dy)
+    y = fc.conv2d(x_, w_, b_, **kw, algorithm=algo, backend=backend)
+    assert y.dtype == dtype
+    assert rel_err(y, y_ref) <= tol
+    grads = fc.conv2d_backward(dy_, x_, w_, **kw, algorithm=algo, backend=backend)
+    for name, grad, ref in zip(("grad_x", "grad_weight", "grad_bias"), grads, grads_ref):
+        assert grad.dtype == dtype, name
+        assert rel_err(grad, ref) <= tol, name
+
+
+@pytest.mark.parametrize("backend,algo",
+                         [c for c in backend_algorithms() if not c[1].startswith("winograd")])
+@pytest.mark.parametrize("kernel", [(7, 1), (1, 7), (2, 5)])
+def test_non_square_kernels(backend, algo, kernel):
+    """The CS231n im2col index bug (ii*kh + jj) only shows with kh != kw."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 17, 13))
+    w = rng.standard_normal((4, 5) + kernel)
+    pads = (kernel[0] // 2,) * 2 + (kernel[1] // 2,) * 2
+    y = fc.conv2d(x, w, padding=(kernel[0] // 2, kernel[1] // 2), algorithm=algo, backend=backend)
+    assert rel_err(y, oracle.conv2d(x, w, None, (1, 1), pads, (1, 1), 1)) <= 1e-10
+
+
+@pytest.mark.parametrize("config", conv_transpose_configs(40, seed=2), ids=config_id)
+@pytest.mark.parametrize("backend", fc.available_backends())
+def test_conv_transpose2d_matches_naive_scatter(config, backend):
+    rng = np.random.default_rng(0)
+    kw = config["kwargs"]
+    x, w, b = _arrays(config, rng, config["w_shape"][1] * kw["groups"])
+    y_ref = oracle.conv_transpose2d(x, w, b, kw["stride"], kw["padding"], kw["output_padding"],
+                                    kw["dilation"], kw["groups"])
+    dtype = config["dtype"]
+    x_, w_, b_ = _cast(dtype, x, w, b)
+    y = fc.conv_transpose2d(x_, w_, b_, **kw, backend=backend)
+    assert y.dtype == dtype
+    assert rel_err(y, y_ref) <= TOLERANCE[dtype, "im2col"]
+
+
+@pytest.mark.parametrize("mode", ["full", "valid", "same"])
+def test_convolve2d_is_true_convolution(mode):
+    """One channel: fastconv's true convolution equals scipy.signal.convolve2d."""
+    rng = np.random.default_rng(4)
+    x, w = rng.standard_normal((9, 7)), rng.standard_normal((3, 4))
+    y = fc.convolve2d(x[None, None], w[None, None], padding=mode)[0, 0]
+    if mode == "same":
+        # scipy centres the odd pixel the other way round; compare the full result's window
+        full = scipy.signal.convolve2d(x, w, mode="full")
+        pad_top, pad_left = (w.shape[0] - 1) // 2, (w.shape[1] - 1) // 2
+        ref = full[w.shape[0] - 1 - pad_top:, w.shape[1] - 1 - pad_left:][:9, :7]
+    else:
+        ref = scipy.signal.convolve2d(x, w, mode=mode)
+    assert rel_err(y, ref) <= 1e-12
+
+
+@pytest.mark.parametrize("backend", fc.available_backends())
+@pytest.mark.parametrize("config", conv_configs(30, seed=5), ids=config_id)
+def test_im2col_and_col2im_match_definition(backend, config):
+    """cols[n, (c,i,j), (oh,ow)] = X[n, c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]; col2im is its adjoint."""
+    kw = config["kwargs"]
+    stride, dilation = kw["stride"], kw["dilation"]
+    padding = (config["pads"][0], config["pads"][2])
+    pads = (padding[0], padding[0], padding[1], padding[1])
+    kernel = config["w_shape"][2:]
+    n, c, h, w = config["x_shape"]
+    if oracle.conv_output_shape((n, c, h, w), (1, c) + kernel, stride, pads, dilation)[2] < 1 \
+            or oracle.conv_output_shape((n, c, h, w), (1, c) + kernel, stride, pads, dilation)[3] < 1:
+        pytest.skip("kernel larger than the symmetric padded input")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((n, c, h, w)).astype(config["dtype"])
+    cols = fc.im2col(x, kernel, dilation, padding, stride, backend=backend)
+    # column (c,i,j) of the lowered matrix times a one-hot weight picks one tap
+    eye = np.eye(c * kernel[0] * kernel[1]).reshape(-1, c, *kernel)
+    taps = oracle.conv2d(x.astype(np.float64), eye, None, stride, pads, dilation, 1)
+    assert np.array_equal(cols, taps.reshape(cols.shape).astype(config["dtype"]))
+    # adjoint: <im2col(x), z> == <x, col2im(z)>
+    z = rng.standard_normal(cols.shape).astype(config["dtype"])
+    back = fc.col2im(z, (h, w), kernel, dilation, padding, stride, backend=backend)
+    lhs = np.vdot(cols.astype(np.float64), z.astype(np.float64))
+    rhs = np.vdot(x.astype(np.float64), back.astype(np.float64))
+    assert abs(lhs - rhs) <= 1e-4 * max(1.0, abs(lhs))
+
+
+@pytest.mark.parametrize("backend,algo", backend_algorithms())
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_batch(backend, algo, dtype):
+    x = np.zeros((0, 4, 6, 6), dtype)
+    w = np.ones((2, 4, 3, 3), dtype)
+    y = fc.conv2d(x, w, padding=1, algorithm=algo, backend=backend)
+    assert y.shape == (0, 2, 6, 6) and y.dtype == dtype
+    gx, gw, gb = fc.conv2d_backward(y, x, w, padding=1, algorithm=algo, backend=backend)
+    assert gx.shape == x.shape and not gw.any() and not gb.any()

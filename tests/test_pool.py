@@ -1,0 +1,135 @@
+"""Pooling on every backend that implements it, against the naive oracle (no torch needed)."""
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+
+import oracle
+from configs import TOLERANCE, config_id, pool_configs, rel_err
+from conftest import BACKENDS, has_kernel
+
+MAX_BACKENDS = [b for b in BACKENDS if has_kernel(b, "maxpool2d_fwd")]
+AVG_BACKENDS = [b for b in BACKENDS if has_kernel(b, "avgpool2d_fwd")]
+ADAPTIVE_BACKENDS = [b for b in BACKENDS if has_kernel(b, "adaptive_avgpool2d_fwd")]
+
+
+def _max_args(c):
+    return dict(kernel_size=c["kernel_size"], stride=c["stride"], padding=c["padding"],
+                dilation=c["dilation"], ceil_mode=c["ceil_mode"])
+
+
+def _avg_args(c):
+    return dict(kernel_size=c["kernel_size"], stride=c["stride"], padding=c["padding"],
+                ceil_mode=c["ceil_mode"], count_include_pad=c["count_include_pad"],
+                divisor_override=c["divisor_override"])
+
+
+def _numeric_gradient_of_sum(f, x, dy, eps=1e-6):
+    """d/dx of <f(x), dy> by central differences, one pixel at a time (tiny shapes only)."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        grad[idx] = (np.vdot(f(xp), dy) - np.vdot(f(xm), dy)) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("backend", MAX_BACKENDS)
+@pytest.mark.parametrize("config", pool_configs(60, seed=11), ids=config_id)
+def test_max_pool2d_matches_naive_scan(backend, config):
+    rng = np.random.default_rng(0)
+    # few distinct values: ties are common, and the first maximum must win
+    x = rng.integers(-3, 4, config["x_shape"]).astype(config["dtype"])
+    kw = _max_args(config)
+    c = config
+    y_ref, idx_ref = oracle.max_pool2d(x, c["kernel_size"], c["stride"] or c["kernel_size"],
+                                       c["padding"], c["dilation"], c["ceil_mode"])
+    y, idx = fc.max_pool2d(x, **kw, return_indices=True, backend=backend)
+    assert y.dtype == x.dtype and idx.dtype == np.int64
+    assert np.array_equal(y, y_ref) and np.array_equal(idx, idx_ref)
+    dy = rng.standard_normal(y.shape).astype(x.dtype)
+    gx = fc.max_pool2d_backward(dy, x, **kw, backend=backend)
+    expected = np.zeros(x.shape)
+    for (n, ch, _, _), i, g in zip(np.ndindex(idx.shape), idx.ravel(), dy.ravel()):
+        expected[n, ch].flat[i] += g
+    assert rel_err(gx, expected) <= TOLERANCE[config["dtype"], "pool"]
+
+
+@pytest.mark.parametrize("backend", AVG_BACKENDS)
+@pytest.mark.parametrize("config", pool_configs(60, seed=12, dilation=False), ids=config_id)
+def test_avg_pool2d_matches_naive_windows(backend, config):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(config["x_shape"])
+    c = config
+    y_ref = oracle.avg_pool2d(x, c["kernel_size"], c["stride"] or c["kernel_size"], c["padding"],
+                              c["ceil_mode"], c["count_include_pad"], c["divisor_override"])
+    x_ = x.astype(config["dtype"])
+    y = fc.avg_pool2d(x_, **_avg_args(config), backend=backend)
+    assert y.dtype == x_.dtype
+    assert rel_err(y, y_ref) <= TOLERANCE[config["dtype"], "pool"]
+    # avg pooling is linear: its gradient is exact by central differences in float64
+    dy = rng.standard_normal(y.shape)
+    x_small = x[:1, :1]
+    gx = fc.avg_pool2d_backward(dy[:1, :1].astype(x_.dtype), x_small.astype(x_.dtype),
+                                **_avg_args(config), backend=backend)
+    numeric = _numeric_gradient_of_sum(
+        lambda z: fc.avg_pool2d(z, **_avg_args(config), backend="numpy"), x_small, dy[:1, :1])
+    assert rel_err(gx, numeric) <= max(TOLERANCE[config["dtype"], "pool"], 1e-8)
+
+
+ADAPTIVE_CASES = [((7, 7), 1), ((7, 7), (3, 3)), ((10, 9), (4, 5)), ((5, 5), (7, 8)),
+                  ((1, 6), (1, 4)), ((13, 11), (None, 3)), ((6, 4), (6, 4))]
+
+
+@pytest.mark.parametrize("backend", ADAPTIVE_BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw,output_size", ADAPTIVE_CASES)
+def test_adaptive_avg_pool2d(backend, dtype, hw, output_size):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3) + hw)
+    sizes = output_size if isinstance(output_size, tuple) else (output_size,) * 2
+    out_hw = tuple(m if o is None else o for m, o in zip(hw, sizes))
+    y = fc.adaptive_avg_pool2d(x.astype(dtype), output_size, backend=backend)
+    assert y.dtype == dtype
+    assert rel_err(y, oracle.adaptive_avg_pool2d(x, out_hw)) <= TOLERANCE[dtype, "pool"]
+    dy = rng.standard_normal(y.shape)
+    gx = fc.adaptive_avg_pool2d_backward(dy.astype(dtype), x.astype(dtype), output_size,
+                                         backend=backend)
+    numeric = _numeric_gradient_of_sum(
+        lambda z: fc.adaptive_avg_pool2d(z, output_size, backend="numpy"), x[:1, :1], dy[:1, :1])
+    assert rel_err(gx[:1, :1], numeric) <= max(TOLERANCE[dtype, "pool"], 1e-8)
+
+
+@pytest.mark.parametrize("backend", MAX_BACKENDS)
+@pytest.mark.parametrize("channels", [1, 3, 7, 8, 9, 16, 17])
+def test_max_pool_nan_inf_and_ties(backend, channels):
+    """NaN wins (the last NaN of the scan), an all -inf window keeps a valid index,
+    ties go to the first maximum; at channel counts around SIMD widths."""
+    x = np.zeros((1, channels, 4, 6))
+    x[:, :, 0, 1] = np.nan
+    x[:, :, 1, 0] = np.nan          # the later NaN in row-major order of window (0,0)
+    x[:, :, 0:2, 2:4] = -np.inf      # window (0,1) is all -inf
+    x[:, :, 2, 0] = x[:, :, 3, 1] = 5.0   # window (1,0): a tie
+    y, idx = fc.max_pool2d(x, 2, return_indices=True, backend=backend)
+    assert np.isnan(y[:, :, 0, 0]).all() and (idx[:, :, 0, 0] == 1 * 6 + 0).all()
+    assert (y[:, :, 0, 1] == -np.inf).all() and (idx[:, :, 0, 1] == 0 * 6 + 2).all()
+    assert (y[:, :, 1, 0] == 5.0).all() and (idx[:, :, 1, 0] == 2 * 6 + 0).all()
+    gx = fc.max_pool2d_backward(np.ones_like(y), x, 2, backend=backend)
+    assert gx[0, 0, 2, 0] == 1.0 and gx[0, 0, 3, 1] == 0.0 and gx[0, 0, 1, 0] == 1.0
+
+
+@pytest.mark.parametrize("backend", MAX_BACKENDS)
+def test_max_pool_overlapping_windows_accumulate(backend):
+    x = np.zeros((1, 1, 3, 3))
+    x[0, 0, 1, 1] = 1.0                      # the maximum of all four 2x2 windows
+    gx = fc.max_pool2d_backward(np.full((1, 1, 2, 2), 0.5), x, 2, stride=1, backend=backend)
+    assert gx[0, 0, 1, 1] == 2.0 and gx.sum() == 2.0
+
+
+@pytest.mark.parametrize("backend", MAX_BACKENDS)
+def test_max_pool_padding_is_minus_infinity(backend):
+    x = -np.ones((1, 1, 2, 2))
+    y = fc.max_pool2d(x, 3, stride=1, padding=1, backend=backend)
+    assert (y == -1).all()

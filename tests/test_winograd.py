@@ -1,0 +1,75 @@
+"""Winograd F(m x m, 3 x 3): the transforms are exact, the float32 error is bounded."""
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv.winograd import POINTS, TRANSFORMS, cook_toom
+
+from configs import TOLERANCE, rel_err
+from conftest import backend_algorithms
+import oracle
+
+CASES = [(b, a) for b, a in backend_algorithms() if a.startswith("winograd")]
+
+
+@pytest.mark.parametrize("m", sorted(TRANSFORMS))
+def test_transforms_compute_the_correlation_exactly(m):
+    g_mat, bt, at = TRANSFORMS[m].matrices(np.float64)
+    alpha = m + 2
+    rng = np.random.default_rng(m)
+    for _ in range(20):
+        d, g = rng.standard_normal((alpha, alpha)), rng.standard_normal((3, 3))
+        y = at @ ((g_mat @ g @ g_mat.T) * (bt @ d @ bt.T)) @ at.T
+        direct = np.array([[np.sum(d[i:i + 3, j:j + 3] * g) for j in range(m)] for i in range(m)])
+        assert np.allclose(y, direct, rtol=0, atol=1e-12)
+
+
+def test_sqrt2_points_are_more_accurate_than_integers_in_float32():
+    """The reason for 0, +-sqrt(2)/2, +-sqrt(2): measured, not assumed."""
+    rng = np.random.default_rng(0)
+    d = rng.standard_normal((256, 6, 6))
+    g = rng.standard_normal((256, 3, 3))
+    ref = np.array([[np.sum(d[:, i:i + 3, j:j + 3] * g) for j in range(4)] for i in range(4)])
+
+    def err(points):
+        g_mat, bt, at = (a.astype(np.float32) for a in cook_toom(points, 4))
+        u = g_mat @ g.astype(np.float32) @ g_mat.T
+        v = bt @ d.astype(np.float32) @ bt.T
+        return rel_err(at @ (u * v).sum(axis=0) @ at.T, ref)
+
+    assert err(POINTS[4]) < err((0, 1, -1, 2, -2)) / 2
+
+
+@pytest.mark.parametrize("backend,algo", CASES)
+@pytest.mark.parametrize("padding", [0, 1, 2])
+def test_tile_remainders(backend, algo, padding):
+    """Output sizes from 1 to 2m+3 cover a partial last tile in every position."""
+    m = int(algo[-1])
+    rng = np.random.default_rng(1)
+    for size in range(1, 2 * m + 4):
+        h, w = size + 2 - 2 * padding, size + 1 + 2 - 2 * padding
+        if h < 1 or w < 1:
+            continue
+        x = rng.standard_normal((1, 3, h, w))
+        wt = rng.standard_normal((2, 3, 3, 3))
+        y = fc.conv2d(x, wt, padding=padding, algorithm=algo, backend=backend)
+        pads = (padding,) * 4
+        assert rel_err(y, oracle.conv2d(x, wt, None, (1, 1), pads, (1, 1), 1)) <= 1e-10
+
+
+@pytest.mark.parametrize("backend,algo", CASES)
+@pytest.mark.parametrize("channels,size", [(64, 14), (256, 8), (512, 7)])
+def test_float32_error_bound_up_to_512_channels(backend, algo, channels, size):
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((1, channels, size, size))
+    w = rng.standard_normal((16, channels, 3, 3)) / np.sqrt(9 * channels)
+    ref = fc.conv2d(x, w, padding=1, algorithm="im2col", backend="numpy")
+    y = fc.conv2d(x.astype(np.float32), w.astype(np.float32), padding=1, algorithm=algo,
+                  backend=backend)
+    assert rel_err(y, ref) <= TOLERANCE[np.float32, algo]
+    dy = rng.standard_normal(ref.shape)
+    gx_ref = fc.conv2d_backward(dy, x, w, padding=1, algorithm="im2col", backend="numpy")[0]
+    gx = fc.conv2d_backward(dy.astype(np.float32), x.astype(np.float32), w.astype(np.float32),
+                            padding=1, algorithm=algo, backend=backend)[0]
+    assert rel_err(gx, gx_ref) <= TOLERANCE[np.float32, algo]
