@@ -10,7 +10,23 @@ that turns them back on) and the loops run without the GIL.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
+
+
+def openmp_threads(int n_threads):
+    """How many threads a parallel region asked for ``n_threads`` really ran on.
+
+    1 when the extension was built without OpenMP (prange then runs serially).
+    """
+    cdef int i, t, most = 1
+    cdef int[256] ran
+    n_threads = max(1, min(n_threads, 256))
+    with nogil:
+        for i in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+            ran[i] = threadid() + 1
+    for i in range(n_threads):
+        most = max(most, ran[i])
+    return most
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:

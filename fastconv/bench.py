@@ -1,0 +1,180 @@
+"""The benchmark layer set of DESIGN.md section 6 and the timing behind ``fastconv bench``.
+
+Every backend and algorithm is timed on the same arrays in one process, with
+PyTorch (when installed) pinned to the same thread count, and reported as a
+ratio: PyTorch's time divided by fastconv's, so that > 1 means fastconv is faster.
+Times are the best of several runs: on a shared machine the minimum is the
+run least disturbed by others.
+"""
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backends, functional
+from .select import winograd_applicable
+from .shapes import conv2d_geometry, gflop
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    name: str
+    n: int
+    c_in: int
+    c_out: int
+    size: int
+    kernel: tuple
+    stride: int
+    padding: tuple
+
+    def arrays(self, dtype=np.float32, seed=0):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.n, self.c_in, self.size, self.size)).astype(dtype)
+        w = rng.standard_normal((self.c_out, self.c_in) + self.kernel).astype(dtype)
+        return x, w * np.float32(1 / np.sqrt(w[0].size)).astype(dtype)
+
+    def kwargs(self):
+        return dict(stride=self.stride, padding=self.padding)
+
+
+def _layer(name, n, c_in, c_out, size, k, s, p):
+    k = k if isinstance(k, tuple) else (k, k)
+    p = p if isinstance(p, tuple) else (p, p)
+    return ConvLayer(name, n, c_in, c_out, size, k, s, p)
+
+
+CONV_LAYERS = [
+    _layer("lenet5.c1", 64, 1, 6, 32, 5, 1, 0),
+    _layer("lenet5.c3", 64, 6, 16, 14, 5, 1, 0),
+    _layer("alexnet.conv1", 1, 3, 64, 224, 11, 4, 2),
+    _layer("alexnet.conv2", 1, 64, 192, 27, 5, 1, 2),
+    _layer("vgg16.conv1_2", 1, 64, 64, 224, 3, 1, 1),
+    _layer("vgg16.conv3_2", 1, 256, 256, 56, 3, 1, 1),
+    _layer("vgg16.conv4_2", 1, 512, 512, 28, 3, 1, 1),
+    _layer("vgg16.conv5_2", 1, 512, 512, 14, 3, 1, 1),
+    _layer("resnet50.conv1", 1, 3, 64, 224, 7, 2, 3),
+    _layer("resnet50.layer1.conv2", 1, 64, 64, 56, 3, 1, 1),
+    _layer("resnet50.layer1.conv3", 1, 64, 256, 56, 1, 1, 0),
+    _layer("resnet50.layer2.conv2", 1, 128, 128, 56, 3, 2, 1),
+    _layer("resnet50.layer3.conv2", 1, 256, 256, 14, 3, 1, 1),
+    _layer("resnet50.layer4.conv2", 1, 512, 512, 7, 3, 1, 1),
+    _layer("inception3.7x1", 1, 192, 192, 17, (7, 1), 1, (3, 0)),
+    _layer("vgg16.conv3_2.b8", 8, 256, 256, 56, 3, 1, 1),
+]
+
+
+@dataclass(frozen=True)
+class PoolLayer:
+    name: str
+    kind: str          # "max", "avg" or "global"
+    shape: tuple
+    kwargs: dict
+
+    def array(self, dtype=np.float32, seed=0):
+        return np.random.default_rng(seed).standard_normal(self.shape).astype(dtype)
+
+
+POOL_LAYERS = [
+    PoolLayer("maxpool.3x3s2p1", "max", (1, 64, 112, 112), dict(kernel_size=3, stride=2, padding=1)),
+    PoolLayer("maxpool.2x2s2", "max", (1, 64, 224, 224), dict(kernel_size=2, stride=2)),
+    PoolLayer("avgpool.3x3s1p1", "avg", (1, 192, 35, 35), dict(kernel_size=3, stride=1, padding=1)),
+    PoolLayer("avgpool.global", "global", (8, 2048, 7, 7), dict(output_size=1)),
+]
+
+
+def best_time(fn, repeats=5, min_time=0.2, max_time=5.0):
+    """Best wall time of ``fn()`` over at least ``repeats`` runs (after one warm-up),
+    continuing until ``min_time`` has passed or stopping once ``max_time`` has.
+
+    The pause first lets the thread pools of whatever ran before (another
+    backend's OpenMP, BLAS or PyTorch threads spin for a while after their
+    last task) go to sleep, so that they do not steal this measurement's cores.
+    """
+    time.sleep(0.05)
+    fn()
+    best, spent, runs = float("inf"), 0.0, 0
+    while runs < repeats or spent < min_time:
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
+        if spent > max_time:
+            break
+    return best
+
+
+def _torch(n_threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(n_threads)
+    return torch
+
+
+def conv_candidates(layer, backend_names=None, all_algorithms=True):
+    """(backend, algorithm) pairs that can run ``layer``: every algorithm, or "auto" only."""
+    x, w = layer.arrays()
+    geometry = conv2d_geometry(x, w, None, layer.stride, layer.padding, 1, 1)[3]
+    pairs = []
+    for name in backend_names or backends.available_backends():
+        algos = functional.algorithms(name) if all_algorithms else ["auto"]
+        pairs += [(name, a) for a in algos
+                  if not a.startswith("winograd") or winograd_applicable(geometry)]
+    return geometry, pairs
+
+
+def run_conv(layer, backend_names=None, all_algorithms=True, repeats=5, min_time=0.2,
+             n_threads=None):
+    """Time one layer's forward pass: rows of (label, algorithm, seconds, GFLOP/s, ratio)."""
+    n_threads = n_threads or backends.get_num_threads()
+    x, w = layer.arrays()
+    geometry, pairs = conv_candidates(layer, backend_names, all_algorithms)
+    work = gflop(geometry)
+    torch = _torch(n_threads)
+    rows, torch_time = [], None
+    if torch is not None:
+        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+        with torch.no_grad():
+            torch_time = best_time(
+                lambda: torch.nn.functional.conv2d(xt, wt, stride=layer.stride,
+                                                   padding=layer.padding),
+                repeats, min_time)
+        rows.append(("torch", "-", torch_time, work / torch_time, 1.0))
+    for backend, algo in pairs:
+        seconds = best_time(lambda: functional.conv2d(x, w, **layer.kwargs(), algorithm=algo,
+                                                      backend=backend), repeats, min_time)
+        rows.append((backend, algo, seconds, work / seconds,
+                     torch_time / seconds if torch_time else None))
+    return rows
+
+
+def _pool_call(layer, module, x, backend=None):
+    if layer.kind == "global":
+        return lambda: module.adaptive_avg_pool2d(x, **layer.kwargs, **backend)
+    fn = module.max_pool2d if layer.kind == "max" else module.avg_pool2d
+    return lambda: fn(x, **layer.kwargs, **backend)
+
+
+def run_pool(layer, backend_names=None, repeats=5, min_time=0.2, n_threads=None):
+    """Time one pooling layer: rows of (label, seconds, GB/s of bytes read + written, ratio)."""
+    n_threads = n_threads or backends.get_num_threads()
+    x = layer.array()
+    y_bytes = _pool_call(layer, functional, x, {})().nbytes
+    traffic = (x.nbytes + y_bytes) / 1e9
+    torch = _torch(n_threads)
+    rows, torch_time = [], None
+    if torch is not None:
+        with torch.no_grad():
+            torch_time = best_time(_pool_call(layer, torch.nn.functional, torch.from_numpy(x), {}),
+                                   repeats, min_time)
+        rows.append(("torch", torch_time, traffic / torch_time, 1.0))
+    kernel = {"max": "maxpool2d_fwd", "avg": "avgpool2d_fwd",
+              "global": "adaptive_avgpool2d_fwd"}[layer.kind]
+    for name in backend_names or backends.available_backends():
+        if not hasattr(backends.get_backend(name), kernel):
+            continue
+        seconds = best_time(_pool_call(layer, functional, x, dict(backend=name)), repeats, min_time)
+        rows.append((name, seconds, traffic / seconds, torch_time / seconds if torch_time else None))
+    return rows
