@@ -40,6 +40,21 @@ cdef inline Py_ssize_t _clip(Py_ssize_t v, Py_ssize_t lo, Py_ssize_t hi) noexcep
     return lo if v < lo else (hi if v > hi else v)
 
 
+# Outputs o in [first, end) read inside the input, 0 <= o*stride + offset < size.
+# Peeling the outputs that read padding off both ends leaves an inner loop
+# without bounds checks. (Two functions that return values rather than one that
+# writes through pointers: prange makes a variable thread-private only when the
+# loop body assigns it.)
+cdef inline Py_ssize_t _first_inside(Py_ssize_t offset, Py_ssize_t stride,
+                                     Py_ssize_t n_out) noexcept nogil:
+    return _clip(_ceil_div(-offset, stride), 0, n_out)
+
+
+cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                                   Py_ssize_t first, Py_ssize_t n_out) noexcept nogil:
+    return _clip(_ceil_div(size - offset, stride), first, n_out)
+
+
 def im2col(const floating[:, :, :, ::1] x,      # IN  (N, C, H, W)
            floating[:, :, :, ::1] cols,         # OUT (N, C*kh*kw, OH, OW)
            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -57,10 +72,10 @@ def im2col(const floating[:, :, :, ::1] x,      # IN  (N, C, H, W)
             c = row // K2 % C
             i = row // kw % kh
             j = row % kw
-            # columns ow0 <= ow < ow1 read inside the input: 0 <= ow*sw - pl + j*dw < W
+            # columns ow0 <= ow < ow1 read inside the input: 0 <= ow*sw + iw0 < W
             iw0 = j * dw - pl
-            ow0 = _clip(_ceil_div(-iw0, sw), 0, OW)
-            ow1 = _clip(_ceil_div(W - iw0, sw), ow0, OW)
+            ow0 = _first_inside(iw0, sw, OW)
+            ow1 = _end_inside(iw0, sw, W, ow0, OW)
             for oh in range(OH):
                 ih = oh * sh - pt + i * dh
                 if ih < 0 or ih >= H:
@@ -96,8 +111,8 @@ def col2im(const floating[:, :, :, ::1] cols,   # IN  (N, C*kh*kw, OH, OW)
             for i in range(kh):
                 for j in range(kw):
                     iw0 = j * dw - pl
-                    ow0 = _clip(_ceil_div(-iw0, sw), 0, OW)
-                    ow1 = _clip(_ceil_div(W - iw0, sw), ow0, OW)
+                    ow0 = _first_inside(iw0, sw, OW)
+                    ow1 = _end_inside(iw0, sw, W, ow0, OW)
                     for oh in range(OH):
                         ih = oh * sh - pt + i * dh
                         if ih < 0 or ih >= H:

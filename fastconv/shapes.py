@@ -12,7 +12,6 @@ The output-size rule of the convolution chapter lives in one function,
 shape inference all call it.
 """
 
-import math
 import numbers
 from dataclasses import dataclass
 
@@ -299,23 +298,30 @@ def _check_window_fits(op, kh, kw, dh, dw, h, w, pt, pb, pl, pr):
         )
 
 
+def _conv_arrays(x, weight, bias, groups, op):
+    """The checks both convolutions share: arrays, dtypes, kernel size, groups of x's channels."""
+    x = float_array(x, "x", op, ndim=4)
+    weight = float_array(weight, "weight", op, ndim=4, like=x)
+    if bias is not None:
+        bias = float_array(bias, "bias", op, ndim=1, like=x)
+    groups = _int(groups, "groups", op, minimum=1)
+    if weight.shape[2] < 1 or weight.shape[3] < 1:
+        raise ValueError(f"{op}: weight must have a positive kernel size, got shape {weight.shape}")
+    if x.shape[1] % groups:
+        raise ValueError(
+            f"{op}: groups={groups} does not divide the {x.shape[1]} input channels of x")
+    return x, weight, bias, groups
+
+
 def conv2d_geometry(x, weight, bias, stride, padding, dilation, groups, op="conv2d"):
     """Validate a convolution's arguments.
 
     Returns ``(x, weight, bias, geometry)`` with the arrays as float ndarrays
     of one dtype (not yet contiguous) and the geometry of the call.
     """
-    x = float_array(x, "x", op, ndim=4)
-    weight = float_array(weight, "weight", op, ndim=4, like=x)
-    if bias is not None:
-        bias = float_array(bias, "bias", op, ndim=1, like=x)
-    groups = _int(groups, "groups", op, minimum=1)
+    x, weight, bias, groups = _conv_arrays(x, weight, bias, groups, op)
     n, c_in, h, w = x.shape
     c_out, c_per_group, kh, kw = weight.shape
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{op}: weight must have a positive kernel size, got shape {weight.shape}")
-    if c_in % groups:
-        raise ValueError(f"{op}: groups={groups} does not divide the {c_in} input channels of x")
     if c_out % groups:
         raise ValueError(
             f"{op}: groups={groups} does not divide the {c_out} output channels of weight"
@@ -348,17 +354,9 @@ def conv_transpose2d_geometry(x, weight, bias, stride, padding, output_padding, 
     Returns ``(x, weight, bias, geometry)`` where the geometry describes the
     convolution whose adjoint this is: the transposed output is its ``x``.
     """
-    x = float_array(x, "x", op, ndim=4)
-    weight = float_array(weight, "weight", op, ndim=4, like=x)
-    if bias is not None:
-        bias = float_array(bias, "bias", op, ndim=1, like=x)
-    groups = _int(groups, "groups", op, minimum=1)
+    x, weight, bias, groups = _conv_arrays(x, weight, bias, groups, op)
     n, c_in, h, w = x.shape
     c_in_w, c_out_per_group, kh, kw = weight.shape
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{op}: weight must have a positive kernel size, got shape {weight.shape}")
-    if c_in % groups:
-        raise ValueError(f"{op}: groups={groups} does not divide the {c_in} input channels of x")
     if c_in_w != c_in:
         raise ValueError(
             f"{op}: weight has {c_in_w} input channels (its first axis) but x has {c_in} channels"
@@ -502,12 +500,8 @@ def gflop(geometry):
     return 2.0 * geometry.macs / 1e9
 
 
-def ceil_div(a, b):
-    return -(-a // b)
-
-
 __all__ = [
     "ConvGeometry", "PoolGeometry", "output_size", "conv_output_size", "conv2d_geometry",
     "conv_transpose2d_geometry", "pool2d_geometry", "unfold_geometry", "col2im_geometry",
-    "adaptive_output_size", "adaptive_window", "math",
+    "adaptive_output_size", "adaptive_window",
 ]
