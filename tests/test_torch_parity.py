@@ -200,6 +200,7 @@ def test_im2col_and_col2im_are_unfold_and_fold(config, backend):
     assert rel_err(folded, folded_t) <= TOLERANCE[dtype, "im2col"]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 @pytest.mark.parametrize("h,w", [(7, 7), (8, 5), (1, 9)])
 def test_same_padding_matches_pytorch(k, h, w):

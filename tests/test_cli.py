@@ -1,0 +1,38 @@
+"""The fastconv command line: info and a one-layer benchmark run."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from fastconv.__main__ import main
+
+
+def test_info_lists_backends_threads_and_blas(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^backends .*numpy", out, re.M)
+    assert re.search(r"^threads  \d+", out, re.M)
+    assert re.search(r"^blas ", out, re.M)
+
+
+def test_bench_times_selected_layers(capsys):
+    assert main(["bench", "--quick", "--layers", "lenet5.c1", "maxpool.2x2s2",
+                 "--backend", "numpy", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(r"^lenet5\.c1\s+(\S+)\s+\S+\s+([\d.]+)\s+([\d.]+)", out, re.M)
+    assert row and float(row.group(2)) > 0 and float(row.group(3)) > 0
+    assert re.search(r"^maxpool\.2x2s2\s+\S+\s+[\d.]+\s+[\d.]+", out, re.M)
+    assert "vgg16" not in out
+
+
+def test_module_entry_point_rejects_unknown_command():
+    result = subprocess.run([sys.executable, "-m", "fastconv", "nonsense"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_bench_rejects_unknown_backend():
+    with pytest.raises(SystemExit):
+        main(["bench", "--backend", "tpu"])
