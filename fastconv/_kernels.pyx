@@ -1,16 +1,21 @@
 # cython: language_level=3
-"""Compiled CPU kernels (Cython + OpenMP).
+"""Compiled CPU kernels (Cython + OpenMP); ``fastconv/_numba_kernels.py`` is their twin.
 
 Each kernel takes arrays first, each marked IN or OUT, then
 ``kh, kw, sh, sw, pt, pl, dh, dw`` (and ``groups`` for convolutions), then
-``n_threads``; sizes are read from the arrays. The caller (``fastconv.functional``,
-through ``fastconv.backends.cython``) has validated every argument and
-allocated every output, so bounds checks are off (see setup.py for the switch
-that turns them back on) and the loops run without the GIL.
+``n_threads``; sizes are read from the arrays. The caller
+(``fastconv.backends.cython``) has validated every argument and allocated
+every output and workspace, so bounds checks are off (see setup.py for the
+switch that turns them back on) and the loops run without the GIL.
+
+Threads: the loops here run on OpenMP's threads; the matrix products run on
+BLAS's own threads, never inside a parallel loop, so that the two pools take
+turns instead of fighting over the cores.
 """
 
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 
 def openmp_threads(int n_threads):
@@ -18,7 +23,7 @@ def openmp_threads(int n_threads):
 
     1 when the extension was built without OpenMP (prange then runs serially).
     """
-    cdef int i, t, most = 1
+    cdef int i, most = 1
     cdef int[256] ran
     n_threads = max(1, min(n_threads, 256))
     with nogil:
@@ -28,6 +33,10 @@ def openmp_threads(int n_threads):
         most = max(most, ran[i])
     return most
 
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     """ceil(a / b) for b > 0 and any sign of a (C division truncates toward zero)."""
@@ -55,39 +64,107 @@ cdef inline Py_ssize_t _end_inside(Py_ssize_t offset, Py_ssize_t stride, Py_ssiz
     return _clip(_ceil_div(size - offset, stride), first, n_out)
 
 
+cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating alpha,
+                       const floating* a, int lda, const floating* b, int ldb, floating beta,
+                       floating* c, int ldc) noexcept nogil:
+    """Row-major ``C (m x n) = alpha op(A) op(B) + beta C`` through column-major BLAS.
+
+    Row-major memory read column-major is the transpose, so BLAS computes
+    ``C^T = op(B)^T op(A)^T``: the operands swap places and keep their flags.
+    """
+    cdef char ta = b"T" if trans_a else b"N"
+    cdef char tb = b"T" if trans_b else b"N"
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im on a block of output rows
+# ---------------------------------------------------------------------------
+# A block covers output rows oh0 .. oh0+rows-1 of one image and the channels
+# c0 .. c0+n_c-1 (one group). Its lowered matrix has a row per (c, i, j) and a
+# column per output pixel of the block, (r, ow) -> r*OW + ow, with row stride ld.
+
+cdef void _im2col_block(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
+                        Py_ssize_t n_c, floating* cols, Py_ssize_t ld,
+                        Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                        int n_threads) noexcept nogil:
+    """cols[(c, i, j), r*OW + ow] = x[n, c0+c, (oh0+r)*sh - pt + i*dh, ow*sw - pl + j*dw]."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], K2 = kh * kw
+    cdef Py_ssize_t row, c, i, j, r, ow, ih, iw0, ow0, ow1
+    cdef floating* dst
+    # one row of cols per (c, i, j): rows are independent
+    for row in prange(n_c * K2, schedule="static", num_threads=n_threads):
+        c = row // K2
+        i = row // kw % kh
+        j = row % kw
+        iw0 = j * dw - pl
+        ow0 = _first_inside(iw0, sw, OW)
+        ow1 = _end_inside(iw0, sw, W, ow0, OW)
+        for r in range(rows):
+            dst = cols + row * ld + r * OW
+            ih = (oh0 + r) * sh - pt + i * dh
+            if ih < 0 or ih >= H:
+                for ow in range(OW):
+                    dst[ow] = 0
+                continue
+            for ow in range(ow0):
+                dst[ow] = 0
+            for ow in range(ow0, ow1):
+                dst[ow] = x[n, c0 + c, ih, ow * sw + iw0]
+            for ow in range(ow1, OW):
+                dst[ow] = 0
+
+
+cdef void _col2im_block(const floating* cols, Py_ssize_t ld, floating[:, :, :, ::1] x,
+                        Py_ssize_t n, Py_ssize_t c0, Py_ssize_t n_c,
+                        Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                        int n_threads) noexcept nogil:
+    """x[n, c0+c, ih, iw] += every cols entry _im2col_block would copy from there."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], K2 = kh * kw
+    cdef Py_ssize_t c, i, j, r, ow, ih, iw0, ow0, ow1
+    cdef const floating* src
+    # one channel plane per iteration: a thread owns every pixel it adds into
+    for c in prange(n_c, schedule="static", num_threads=n_threads):
+        for i in range(kh):
+            for j in range(kw):
+                iw0 = j * dw - pl
+                ow0 = _first_inside(iw0, sw, OW)
+                ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                for r in range(rows):
+                    ih = (oh0 + r) * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    src = cols + (c * K2 + i * kw + j) * ld + r * OW
+                    for ow in range(ow0, ow1):
+                        x[n, c0 + c, ih, ow * sw + iw0] += src[ow]
+
+
+cdef void _zero_images(floating[:, :, :, ::1] x, int n_threads) noexcept nogil:
+    cdef Py_ssize_t p, ih, iw, C = x.shape[1]
+    for p in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+        for ih in range(x.shape[2]):
+            for iw in range(x.shape[3]):
+                x[p // C, p % C, ih, iw] = 0
+
+
 def im2col(const floating[:, :, :, ::1] x,      # IN  (N, C, H, W)
            floating[:, :, :, ::1] cols,         # OUT (N, C*kh*kw, OH, OW)
            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
            int n_threads):
     """cols[n, (c, i, j), oh, ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw], 0 in the padding."""
-    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = cols.shape[2], OW = cols.shape[3]
-    cdef Py_ssize_t K2 = kh * kw, n_rows = cols.shape[0] * C * K2
-    cdef Py_ssize_t row, n, c, i, j, oh, ow, ih, iw0, ow0, ow1
+    cdef Py_ssize_t n, OH = cols.shape[2], OW = cols.shape[3]
     with nogil:
-        # one row of cols per (n, c, i, j): rows are independent
-        for row in prange(n_rows, schedule="static", num_threads=n_threads):
-            n = row // (C * K2)
-            c = row // K2 % C
-            i = row // kw % kh
-            j = row % kw
-            # columns ow0 <= ow < ow1 read inside the input: 0 <= ow*sw + iw0 < W
-            iw0 = j * dw - pl
-            ow0 = _first_inside(iw0, sw, OW)
-            ow1 = _end_inside(iw0, sw, W, ow0, OW)
-            for oh in range(OH):
-                ih = oh * sh - pt + i * dh
-                if ih < 0 or ih >= H:
-                    for ow in range(OW):
-                        cols[n, c * K2 + i * kw + j, oh, ow] = 0
-                    continue
-                for ow in range(ow0):
-                    cols[n, c * K2 + i * kw + j, oh, ow] = 0
-                for ow in range(ow0, ow1):
-                    cols[n, c * K2 + i * kw + j, oh, ow] = x[n, c, ih, ow * sw + iw0]
-                for ow in range(ow1, OW):
-                    cols[n, c * K2 + i * kw + j, oh, ow] = 0
+        for n in range(x.shape[0]):
+            _im2col_block(x, n, 0, x.shape[1], &cols[n, 0, 0, 0], OH * OW, 0, OH, OW,
+                          kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
 
 
 def col2im(const floating[:, :, :, ::1] cols,   # IN  (N, C*kh*kw, OH, OW)
@@ -96,26 +173,259 @@ def col2im(const floating[:, :, :, ::1] cols,   # IN  (N, C*kh*kw, OH, OW)
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
            int n_threads):
     """x[n, c, ih, iw] = sum of the cols entries im2col copied from it (the adjoint of im2col)."""
-    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = cols.shape[2], OW = cols.shape[3]
-    cdef Py_ssize_t K2 = kh * kw, n_planes = x.shape[0] * C
-    cdef Py_ssize_t plane, n, c, i, j, oh, ow, ih, iw, iw0, ow0, ow1
+    cdef Py_ssize_t n, OH = cols.shape[2], OW = cols.shape[3]
     with nogil:
-        # one (n, c) plane per iteration: a thread owns every pixel it adds into
-        for plane in prange(n_planes, schedule="static", num_threads=n_threads):
-            n = plane // C
-            c = plane % C
-            for ih in range(H):
-                for iw in range(W):
-                    x[n, c, ih, iw] = 0
-            for i in range(kh):
-                for j in range(kw):
-                    iw0 = j * dw - pl
-                    ow0 = _first_inside(iw0, sw, OW)
-                    ow1 = _end_inside(iw0, sw, W, ow0, OW)
-                    for oh in range(OH):
+        _zero_images(x, n_threads)
+        for n in range(x.shape[0]):
+            _col2im_block(&cols[n, 0, 0, 0], OH * OW, x, n, 0, x.shape[1], 0, OH, OW,
+                          kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+
+
+# ---------------------------------------------------------------------------
+# Convolution by im2col + GEMM
+# ---------------------------------------------------------------------------
+# Per image, group and block of output rows, with cols the block's lowered
+# input (C/g*kh*kw x rows*OW) and W_g the group's weights as a matrix:
+#   forward       Y_block     = W_g . cols             (then + bias)
+#   grad data     dcols       = W_g^T . dY_block,  then col2im into dX
+#   grad weight   dW_g       += dY_block . cols^T
+# Y_block is rows*OW consecutive pixels of each output plane: a submatrix of
+# Y with row stride OH*OW, so BLAS writes (or reads) it in place.
+# A 1x1 stride-1 convolution without padding needs no lowering: cols is X.
+# The workspace ``cols`` is (C/g*kh*kw, rows_per_block*OW); the caller sizes it.
+
+cdef inline bint _is_pointwise(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                               Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t H, Py_ssize_t W,
+                               Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    return kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 \
+        and OH == H and OW == W
+
+
+def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
+                      const floating[:, :, :, ::1] w,     # IN  (K, C/g, kh, kw)
+                      const floating[::1] b,              # IN  (K,)
+                      floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
+                      floating[:, ::1] cols,              # workspace (C/g*kh*kw, rows*OW)
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t groups, int n_threads):
+    """Y = W . im2col(X) + b, per image, group and block of output rows."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t block = cols.shape[1] // OW
+    cdef Py_ssize_t n, g, blk, oh0, rows, k, oh, ow
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    with nogil:
+        for n in range(N):
+            for g in range(groups):
+                if pointwise:
+                    _gemm(False, False, Kg, OH * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+                          &x[n, g * Cg, 0, 0], H * W, 0, &y[n, g * Kg, 0, 0], OH * OW)
+                    continue
+                for blk in range(_ceil_div(OH, block)):
+                    oh0 = blk * block
+                    rows = min(block, OH - oh0)
+                    _im2col_block(x, n, g * Cg, Cg, &cols[0, 0], cols.shape[1], oh0, rows, OW,
+                                  kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+                    _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+                          &cols[0, 0], cols.shape[1], 0, &y[n, g * Kg, oh0, 0], OH * OW)
+            # bias, while the image is still warm in the cache
+            for k in prange(K, schedule="static", num_threads=n_threads):
+                for oh in range(OH):
+                    for ow in range(OW):
+                        y[n, k, oh, ow] += b[k]
+
+
+def conv2d_bwd_data_im2col(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, OW)
+                           const floating[:, :, :, ::1] w,    # IN  (K, C/g, kh, kw)
+                           floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
+                           floating[:, ::1] cols,             # workspace (C/g*kh*kw, rows*OW)
+                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                           Py_ssize_t groups, int n_threads):
+    """dX = col2im(W^T . dY), per image, group and block of output rows."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t block = cols.shape[1] // OW
+    cdef Py_ssize_t n, g, blk, oh0, rows
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    with nogil:
+        if not pointwise:
+            _zero_images(dx, n_threads)
+        for n in range(N):
+            for g in range(groups):
+                if pointwise:
+                    _gemm(True, False, CKK, OH * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
+                          &dy[n, g * Kg, 0, 0], OH * OW, 0, &dx[n, g * Cg, 0, 0], H * W)
+                    continue
+                for blk in range(_ceil_div(OH, block)):
+                    oh0 = blk * block
+                    rows = min(block, OH - oh0)
+                    _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
+                          &dy[n, g * Kg, oh0, 0], OH * OW, 0, &cols[0, 0], cols.shape[1])
+                    _col2im_block(&cols[0, 0], cols.shape[1], dx, n, g * Cg, Cg, oh0, rows, OW,
+                                  kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+
+
+def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, OW)
+                             const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                             floating[:, :, :, ::1] dw_,       # OUT (K, C/g, kh, kw)
+                             floating[:, ::1] cols,            # workspace (C/g*kh*kw, rows*OW)
+                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                             Py_ssize_t groups, int n_threads):
+    """dW_g = sum over images and blocks of dY_block . cols^T (BLAS accumulates with beta=1)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t block = cols.shape[1] // OW
+    cdef Py_ssize_t n, g, blk, oh0, rows, k, c, i, j
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    with nogil:
+        for k in range(K):
+            for c in range(Cg):
+                for i in range(kh):
+                    for j in range(kw):
+                        dw_[k, c, i, j] = 0
+        for n in range(N):
+            for g in range(groups):
+                if pointwise:
+                    _gemm(False, True, Kg, CKK, OH * OW, 1, &dy[n, g * Kg, 0, 0], OH * OW,
+                          &x[n, g * Cg, 0, 0], H * W, 1, &dw_[g * Kg, 0, 0, 0], CKK)
+                    continue
+                for blk in range(_ceil_div(OH, block)):
+                    oh0 = blk * block
+                    rows = min(block, OH - oh0)
+                    _im2col_block(x, n, g * Cg, Cg, &cols[0, 0], cols.shape[1], oh0, rows, OW,
+                                  kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+                    _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
+                          &cols[0, 0], cols.shape[1], 1, &dw_[g * Kg, 0, 0, 0], CKK)
+
+
+# ---------------------------------------------------------------------------
+# Direct convolution
+# ---------------------------------------------------------------------------
+# No lowering: each output row accumulates, tap by tap, a scaled row of the
+# input. A task is one image, group and block of KB output channels, so every
+# input row loaded is used KB times while the KB output rows stay in L1; the
+# innermost loop runs along the output width, contiguous when the stride is 1,
+# which the compiler vectorises.
+
+cdef enum:
+    KB = 8      # output (or input) channels per task
+
+
+def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
+                      const floating[:, :, :, ::1] w,     # IN  (K, C/g, kh, kw)
+                      const floating[::1] b,              # IN  (K,)
+                      floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                      Py_ssize_t groups, int n_threads):
+    """y[n,k,oh,ow] = b[k] + sum_{c,i,j} w[k,c,i,j] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, n_kb = _ceil_div(Kg, KB)
+    cdef Py_ssize_t task, n, g, k0, k1, k, c, i, j, oh, ow, ih, iw0, ow0, ow1
+    cdef floating wv
+    with nogil:
+        for task in prange(N * groups * n_kb, schedule="static", num_threads=n_threads):
+            n = task // (groups * n_kb)
+            g = task // n_kb % groups
+            k0 = g * Kg + task % n_kb * KB
+            k1 = min(k0 + KB, (g + 1) * Kg)
+            for oh in range(OH):
+                for k in range(k0, k1):
+                    for ow in range(OW):
+                        y[n, k, oh, ow] = b[k]
+                for c in range(Cg):
+                    for i in range(kh):
                         ih = oh * sh - pt + i * dh
                         if ih < 0 or ih >= H:
                             continue
-                        for ow in range(ow0, ow1):
-                            x[n, c, ih, ow * sw + iw0] += cols[n, c * K2 + i * kw + j, oh, ow]
+                        for j in range(kw):
+                            iw0 = j * dw - pl
+                            ow0 = _first_inside(iw0, sw, OW)
+                            ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                            for k in range(k0, k1):
+                                wv = w[k, c, i, j]
+                                for ow in range(ow0, ow1):
+                                    y[n, k, oh, ow] += wv * x[n, g * Cg + c, ih, ow * sw + iw0]
+
+
+def conv2d_bwd_data_direct(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, OW)
+                           const floating[:, :, :, ::1] w,    # IN  (K, C/g, kh, kw)
+                           floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
+                           Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                           Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                           Py_ssize_t groups, int n_threads):
+    """dx[n, g*Cg+c, ih, iw] += w[k,c,i,j] dy[n,k,oh,ow] for every tap that read (ih, iw)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, n_cb = _ceil_div(Cg, KB)
+    cdef Py_ssize_t task, n, g, c0, c1, k, c, i, j, oh, ow, ih, iw0, ow0, ow1
+    cdef floating wv
+    with nogil:
+        # a task owns KB input-channel planes of one image: no two threads add into one pixel
+        for task in prange(N * groups * n_cb, schedule="static", num_threads=n_threads):
+            n = task // (groups * n_cb)
+            g = task // n_cb % groups
+            c0 = task % n_cb * KB
+            c1 = min(c0 + KB, Cg)
+            for c in range(c0, c1):
+                for ih in range(H):
+                    for ow in range(W):
+                        dx[n, g * Cg + c, ih, ow] = 0
+            for oh in range(OH):
+                for k in range(g * Kg, (g + 1) * Kg):
+                    for i in range(kh):
+                        ih = oh * sh - pt + i * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        for j in range(kw):
+                            iw0 = j * dw - pl
+                            ow0 = _first_inside(iw0, sw, OW)
+                            ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                            for c in range(c0, c1):
+                                wv = w[k, c, i, j]
+                                for ow in range(ow0, ow1):
+                                    dx[n, g * Cg + c, ih, ow * sw + iw0] += wv * dy[n, k, oh, ow]
+
+
+def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, OW)
+                             const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                             floating[:, :, :, ::1] dw_,       # OUT (K, C/g, kh, kw)
+                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                             Py_ssize_t groups, int n_threads):
+    """dw[k,c,i,j] = sum_{n,oh,ow} dy[n,k,oh,ow] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups
+    cdef Py_ssize_t n, g, k, c, i, j, oh, ow, ih, iw0, ow0, ow1
+    cdef floating acc
+    with nogil:
+        # a task owns one output channel's weights
+        for k in prange(K, schedule="static", num_threads=n_threads):
+            g = k // Kg
+            for c in range(Cg):
+                for i in range(kh):
+                    for j in range(kw):
+                        dw_[k, c, i, j] = 0
+            for n in range(N):
+                for c in range(Cg):
+                    for i in range(kh):
+                        for j in range(kw):
+                            iw0 = j * dw - pl
+                            ow0 = _first_inside(iw0, sw, OW)
+                            ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                            acc = 0
+                            for oh in range(OH):
+                                ih = oh * sh - pt + i * dh
+                                if ih < 0 or ih >= H:
+                                    continue
+                                for ow in range(ow0, ow1):
+                                    acc = acc + dy[n, k, oh, ow] * x[n, g * Cg + c, ih, ow * sw + iw0]
+                            dw_[k, c, i, j] += acc

@@ -122,4 +122,4 @@ def test_auto_is_resolved_among_what_the_backend_has():
     assert choose_algorithm(_geometry(), "auto", ("direct",), "x") == "direct"
     with pytest.raises(ValueError, match="does not implement algorithm 'direct'"):
         choose_algorithm(_geometry(), "direct", ("im2col",), "cython")
-    assert implemented(backends.get_backend("cython")) == ("im2col",)
+    assert set(implemented(backends.get_backend("cython"))) >= {"im2col", "direct"}

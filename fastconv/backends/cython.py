@@ -1,8 +1,8 @@
-"""The Cython backend: kernels compiled from ``fastconv/_kernels.pyx`` (OpenMP).
+"""The Cython backend: kernels compiled from ``fastconv/_kernels.pyx`` (OpenMP, BLAS).
 
-So far it lowers with the compiled ``im2col``/``col2im`` and leaves the matrix
-products to BLAS through NumPy; ``fastconv.algorithms("cython")`` lists what
-it implements.
+This module gives the compiled kernels the backend interface: the im2col
+kernels get their workspace here (``_workspace.py``); the rest are the
+compiled functions themselves.
 """
 
 import os
@@ -22,11 +22,29 @@ finally:
     if _saved is None:
         del os.environ["GOMP_SPINCOUNT"]
 
-from ._lowering import im2col_convolutions  # noqa: E402
+from ._workspace import im2col_workspace  # noqa: E402
 
 im2col = _kernels.im2col
 col2im = _kernels.col2im
 openmp_threads = _kernels.openmp_threads
+conv2d_fwd_direct = _kernels.conv2d_fwd_direct
+conv2d_bwd_data_direct = _kernels.conv2d_bwd_data_direct
+conv2d_bwd_weight_direct = _kernels.conv2d_bwd_weight_direct
 
-conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col = \
-    im2col_convolutions(im2col, col2im)
+
+def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    cols = im2col_workspace(w, y, kh, kw, y.dtype)
+    _kernels.conv2d_fwd_im2col(x, w, b, y, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                               n_threads)
+
+
+def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    cols = im2col_workspace(w, dy, kh, kw, dx.dtype)
+    _kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                    n_threads)
+
+
+def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    cols = im2col_workspace(dw_, dy, kh, kw, dw_.dtype)
+    _kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                      n_threads)
