@@ -14,7 +14,7 @@ turns instead of fighting over the cores.
 """
 
 from cython cimport floating
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 
@@ -83,75 +83,84 @@ cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating
 # ---------------------------------------------------------------------------
 # im2col / col2im on a block of output rows
 # ---------------------------------------------------------------------------
-# A block covers output rows oh0 .. oh0+rows-1 of one image and the channels
-# c0 .. c0+n_c-1 (one group). Its lowered matrix has a row per (c, i, j) and a
-# column per output pixel of the block, (r, ow) -> r*OW + ow, with row stride ld.
+# A block covers output rows oh0 .. oh0+rows-1 of one image. Its lowered
+# matrix has a row per (c, i, j) and a column per output pixel of the block,
+# (r, ow) -> r*OW + ow. These helpers are serial: the callers parallelise
+# over rows, planes or blocks.
+
+cdef void _lower_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c,
+                     Py_ssize_t i, Py_ssize_t j, floating* dst,
+                     Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
+                     Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                     Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """dst[r*OW + ow] = x[n, c, (oh0+r)*sh - pt + i*dh, ow*sw - pl + j*dw], 0 in the padding."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t r, ow, ih
+    cdef Py_ssize_t iw0 = j * dw - pl
+    cdef Py_ssize_t ow0 = _first_inside(iw0, sw, OW)
+    cdef Py_ssize_t ow1 = _end_inside(iw0, sw, W, ow0, OW)
+    for r in range(rows):
+        ih = (oh0 + r) * sh - pt + i * dh
+        if ih < 0 or ih >= H:
+            for ow in range(OW):
+                dst[ow] = 0
+        else:
+            for ow in range(ow0):
+                dst[ow] = 0
+            for ow in range(ow0, ow1):
+                dst[ow] = x[n, c, ih, ow * sw + iw0]
+            for ow in range(ow1, OW):
+                dst[ow] = 0
+        dst += OW
+
+
+cdef void _unlower_plane(const floating* src, Py_ssize_t ld, floating[:, :, :, ::1] x,
+                         Py_ssize_t n, Py_ssize_t c, Py_ssize_t oh0, Py_ssize_t rows,
+                         Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                         Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """Add channel c's kh*kw lowered rows (src, row stride ld) back into plane x[n, c]."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t i, j, r, ow, ih, iw0, ow0, ow1
+    cdef const floating* row
+    for i in range(kh):
+        for j in range(kw):
+            iw0 = j * dw - pl
+            ow0 = _first_inside(iw0, sw, OW)
+            ow1 = _end_inside(iw0, sw, W, ow0, OW)
+            for r in range(rows):
+                ih = (oh0 + r) * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                row = src + (i * kw + j) * ld + r * OW
+                for ow in range(ow0, ow1):
+                    x[n, c, ih, ow * sw + iw0] += row[ow]
+
 
 cdef void _im2col_block(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
                         Py_ssize_t n_c, floating* cols, Py_ssize_t ld,
                         Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                        int n_threads) noexcept nogil:
-    """cols[(c, i, j), r*OW + ow] = x[n, c0+c, (oh0+r)*sh - pt + i*dh, ow*sw - pl + j*dw]."""
-    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], K2 = kh * kw
-    cdef Py_ssize_t row, c, i, j, r, ow, ih, iw0, ow0, ow1
-    cdef floating* dst
-    # one row of cols per (c, i, j): rows are independent
-    for row in prange(n_c * K2, schedule="static", num_threads=n_threads):
-        c = row // K2
-        i = row // kw % kh
-        j = row % kw
-        iw0 = j * dw - pl
-        ow0 = _first_inside(iw0, sw, OW)
-        ow1 = _end_inside(iw0, sw, W, ow0, OW)
-        for r in range(rows):
-            dst = cols + row * ld + r * OW
-            ih = (oh0 + r) * sh - pt + i * dh
-            if ih < 0 or ih >= H:
-                for ow in range(OW):
-                    dst[ow] = 0
-                continue
-            for ow in range(ow0):
-                dst[ow] = 0
-            for ow in range(ow0, ow1):
-                dst[ow] = x[n, c0 + c, ih, ow * sw + iw0]
-            for ow in range(ow1, OW):
-                dst[ow] = 0
+                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """cols[(c, i, j), :] = the lowered row of channel c0+c, tap (i, j); row stride ld."""
+    cdef Py_ssize_t c, i, j
+    for c in range(n_c):
+        for i in range(kh):
+            for j in range(kw):
+                _lower_row(x, n, c0 + c, i, j, cols + ((c * kh + i) * kw + j) * ld,
+                           oh0, rows, OW, sh, sw, pt, pl, dh, dw)
 
 
 cdef void _col2im_block(const floating* cols, Py_ssize_t ld, floating[:, :, :, ::1] x,
                         Py_ssize_t n, Py_ssize_t c0, Py_ssize_t n_c,
                         Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                        int n_threads) noexcept nogil:
+                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
     """x[n, c0+c, ih, iw] += every cols entry _im2col_block would copy from there."""
-    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], K2 = kh * kw
-    cdef Py_ssize_t c, i, j, r, ow, ih, iw0, ow0, ow1
-    cdef const floating* src
-    # one channel plane per iteration: a thread owns every pixel it adds into
-    for c in prange(n_c, schedule="static", num_threads=n_threads):
-        for i in range(kh):
-            for j in range(kw):
-                iw0 = j * dw - pl
-                ow0 = _first_inside(iw0, sw, OW)
-                ow1 = _end_inside(iw0, sw, W, ow0, OW)
-                for r in range(rows):
-                    ih = (oh0 + r) * sh - pt + i * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    src = cols + (c * K2 + i * kw + j) * ld + r * OW
-                    for ow in range(ow0, ow1):
-                        x[n, c0 + c, ih, ow * sw + iw0] += src[ow]
-
-
-cdef void _zero_images(floating[:, :, :, ::1] x, int n_threads) noexcept nogil:
-    cdef Py_ssize_t p, ih, iw, C = x.shape[1]
-    for p in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
-        for ih in range(x.shape[2]):
-            for iw in range(x.shape[3]):
-                x[p // C, p % C, ih, iw] = 0
+    cdef Py_ssize_t c
+    for c in range(n_c):
+        _unlower_plane(cols + c * kh * kw * ld, ld, x, n, c0 + c, oh0, rows, OW,
+                       kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 def im2col(const floating[:, :, :, ::1] x,      # IN  (N, C, H, W)
@@ -160,11 +169,14 @@ def im2col(const floating[:, :, :, ::1] x,      # IN  (N, C, H, W)
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
            int n_threads):
     """cols[n, (c, i, j), oh, ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw], 0 in the padding."""
-    cdef Py_ssize_t n, OH = cols.shape[2], OW = cols.shape[3]
+    cdef Py_ssize_t C = x.shape[1], K2 = kh * kw, OH = cols.shape[2], OW = cols.shape[3]
+    cdef Py_ssize_t row
     with nogil:
-        for n in range(x.shape[0]):
-            _im2col_block(x, n, 0, x.shape[1], &cols[n, 0, 0, 0], OH * OW, 0, OH, OW,
-                          kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+        # one lowered row per (n, c, i, j): rows are independent
+        for row in prange(x.shape[0] * C * K2, schedule="static", num_threads=n_threads):
+            _lower_row(x, row // (C * K2), row // K2 % C, row // kw % kh, row % kw,
+                       &cols[row // (C * K2), row % (C * K2), 0, 0], 0, OH, OW,
+                       sh, sw, pt, pl, dh, dw)
 
 
 def col2im(const floating[:, :, :, ::1] cols,   # IN  (N, C*kh*kw, OH, OW)
@@ -173,26 +185,39 @@ def col2im(const floating[:, :, :, ::1] cols,   # IN  (N, C*kh*kw, OH, OW)
            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
            int n_threads):
     """x[n, c, ih, iw] = sum of the cols entries im2col copied from it (the adjoint of im2col)."""
-    cdef Py_ssize_t n, OH = cols.shape[2], OW = cols.shape[3]
+    cdef Py_ssize_t C = x.shape[1], K2 = kh * kw, OH = cols.shape[2], OW = cols.shape[3]
+    cdef Py_ssize_t plane
     with nogil:
-        _zero_images(x, n_threads)
-        for n in range(x.shape[0]):
-            _col2im_block(&cols[n, 0, 0, 0], OH * OW, x, n, 0, x.shape[1], 0, OH, OW,
-                          kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+        # one (n, c) plane per iteration: a thread owns every pixel it adds into
+        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+            _zero_plane(x, plane // C, plane % C)
+            _unlower_plane(&cols[plane // C, plane % C * K2, 0, 0], OH * OW, x,
+                           plane // C, plane % C, 0, OH, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+cdef inline void _zero_plane(floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c) noexcept nogil:
+    cdef Py_ssize_t ih, iw
+    for ih in range(x.shape[2]):
+        for iw in range(x.shape[3]):
+            x[n, c, ih, iw] = 0
 
 
 # ---------------------------------------------------------------------------
 # Convolution by im2col + GEMM
 # ---------------------------------------------------------------------------
-# Per image, group and block of output rows, with cols the block's lowered
-# input (C/g*kh*kw x rows*OW) and W_g the group's weights as a matrix:
+# A task is one image, group and block of output rows. With cols the block's
+# lowered input (C/g*kh*kw x rows*OW) and W_g the group's weights as a matrix:
 #   forward       Y_block     = W_g . cols             (then + bias)
 #   grad data     dcols       = W_g^T . dY_block,  then col2im into dX
 #   grad weight   dW_g       += dY_block . cols^T
 # Y_block is rows*OW consecutive pixels of each output plane: a submatrix of
-# Y with row stride OH*OW, so BLAS writes (or reads) it in place.
-# A 1x1 stride-1 convolution without padding needs no lowering: cols is X.
-# The workspace ``cols`` is (C/g*kh*kw, rows_per_block*OW); the caller sizes it.
+# Y with row stride OH*OW, so BLAS writes (or reads) it in place. A 1x1
+# stride-1 convolution without padding needs no lowering: cols is X itself.
+#
+# Tasks run in parallel on OpenMP's threads, each lowering into its own
+# workspace cols[t] (sized by the caller to stay in that core's L2 cache) and
+# calling a single-threaded GEMM (the caller pins BLAS to one thread): the
+# lowered block is consumed while still in cache, and only one thread pool runs.
 
 cdef inline bint _is_pointwise(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                                Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t H, Py_ssize_t W,
@@ -205,103 +230,129 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       const floating[:, :, :, ::1] w,     # IN  (K, C/g, kh, kw)
                       const floating[::1] b,              # IN  (K,)
                       floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
-                      floating[:, ::1] cols,              # workspace (C/g*kh*kw, rows*OW)
+                      floating[:, :, ::1] cols,           # workspace (threads, C/g*kh*kw, rows*OW)
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                       Py_ssize_t groups, int n_threads):
-    """Y = W . im2col(X) + b, per image, group and block of output rows."""
+    """Y = W . im2col(X) + b, a task per image, group and block of output rows."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t block = cols.shape[1] // OW
-    cdef Py_ssize_t n, g, blk, oh0, rows, k, oh, ow
+    cdef Py_ssize_t ld = cols.shape[2], block = ld // OW, n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t task, t, n, g, k, oh0, rows, p
     cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
-    with nogil:
-        for n in range(N):
-            for g in range(groups):
-                if pointwise:
-                    _gemm(False, False, Kg, OH * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-                          &x[n, g * Cg, 0, 0], H * W, 0, &y[n, g * Kg, 0, 0], OH * OW)
-                    continue
-                for blk in range(_ceil_div(OH, block)):
-                    oh0 = blk * block
-                    rows = min(block, OH - oh0)
-                    _im2col_block(x, n, g * Cg, Cg, &cols[0, 0], cols.shape[1], oh0, rows, OW,
-                                  kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
-                    _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-                          &cols[0, 0], cols.shape[1], 0, &y[n, g * Kg, oh0, 0], OH * OW)
-            # bias, while the image is still warm in the cache
-            for k in prange(K, schedule="static", num_threads=n_threads):
-                for oh in range(OH):
-                    for ow in range(OW):
-                        y[n, k, oh, ow] += b[k]
+    cdef floating* yk
+    with nogil, parallel(num_threads=n_threads):
+        t = threadid()
+        for task in prange(N * groups * n_blk, schedule="dynamic"):
+            n = task // (groups * n_blk)
+            g = task // n_blk % groups
+            oh0 = task % n_blk * block
+            rows = min(block, OH - oh0)
+            if pointwise:
+                _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+                      &x[n, g * Cg, oh0, 0], H * W, 0, &y[n, g * Kg, oh0, 0], OH * OW)
+            else:
+                _im2col_block(x, n, g * Cg, Cg, &cols[t, 0, 0], ld, oh0, rows, OW,
+                              kh, kw, sh, sw, pt, pl, dh, dw)
+                _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+                      &cols[t, 0, 0], ld, 0, &y[n, g * Kg, oh0, 0], OH * OW)
+            # bias, while the block is still in cache
+            for k in range(g * Kg, (g + 1) * Kg):
+                yk = &y[n, k, oh0, 0]
+                for p in range(rows * OW):
+                    yk[p] = yk[p] + b[k]
 
 
 def conv2d_bwd_data_im2col(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, OW)
                            const floating[:, :, :, ::1] w,    # IN  (K, C/g, kh, kw)
                            floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
-                           floating[:, ::1] cols,             # workspace (C/g*kh*kw, rows*OW)
+                           floating[:, :, ::1] cols,          # workspace (threads, C/g*kh*kw, rows*OW)
                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                            Py_ssize_t groups, int n_threads):
-    """dX = col2im(W^T . dY), per image, group and block of output rows."""
+    """dX = col2im(W^T . dY), a task per image, group and block of output rows.
+
+    Neighbouring blocks add into overlapping input rows, so the even blocks
+    run first and the odd ones after: the caller makes a block at least
+    (kh-1)*dh/sh rows tall, so that blocks two apart never touch the same row.
+    """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t block = cols.shape[1] // OW
-    cdef Py_ssize_t n, g, blk, oh0, rows
+    cdef Py_ssize_t ld = cols.shape[2], block = ld // OW, n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t half = _ceil_div(n_blk, 2)
+    cdef Py_ssize_t task, t, n, g, blk, parity, oh0, rows, plane
     cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
     with nogil:
         if not pointwise:
-            _zero_images(dx, n_threads)
-        for n in range(N):
-            for g in range(groups):
-                if pointwise:
-                    _gemm(True, False, CKK, OH * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
-                          &dy[n, g * Kg, 0, 0], OH * OW, 0, &dx[n, g * Cg, 0, 0], H * W)
-                    continue
-                for blk in range(_ceil_div(OH, block)):
+            for plane in prange(N * C, schedule="static", num_threads=n_threads):
+                _zero_plane(dx, plane // C, plane % C)
+        for parity in range(2):
+            with parallel(num_threads=n_threads):
+                t = threadid()
+                for task in prange(N * groups * half, schedule="dynamic"):
+                    n = task // (groups * half)
+                    g = task // half % groups
+                    blk = task % half * 2 + parity
+                    if blk >= n_blk:
+                        continue
                     oh0 = blk * block
                     rows = min(block, OH - oh0)
-                    _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
-                          &dy[n, g * Kg, oh0, 0], OH * OW, 0, &cols[0, 0], cols.shape[1])
-                    _col2im_block(&cols[0, 0], cols.shape[1], dx, n, g * Cg, Cg, oh0, rows, OW,
-                                  kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+                    if pointwise:
+                        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
+                              &dy[n, g * Kg, oh0, 0], OH * OW, 0, &dx[n, g * Cg, oh0, 0], H * W)
+                    else:
+                        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
+                              &dy[n, g * Kg, oh0, 0], OH * OW, 0, &cols[t, 0, 0], ld)
+                        _col2im_block(&cols[t, 0, 0], ld, dx, n, g * Cg, Cg, oh0, rows, OW,
+                                      kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, OW)
                              const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                              floating[:, :, :, ::1] dw_,       # OUT (K, C/g, kh, kw)
-                             floating[:, ::1] cols,            # workspace (C/g*kh*kw, rows*OW)
+                             floating[:, :, ::1] cols,         # workspace (threads, C/g*kh*kw, rows*OW)
+                             floating[:, :, ::1] partial,      # workspace (threads, K, C/g*kh*kw)
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                              Py_ssize_t groups, int n_threads):
-    """dW_g = sum over images and blocks of dY_block . cols^T (BLAS accumulates with beta=1)."""
+    """dW_g = sum over tasks of dY_block . cols^T; each thread sums its tasks into
+    partial[t] (BLAS accumulating with beta=1), and the partial sums are added at the end."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t block = cols.shape[1] // OW
-    cdef Py_ssize_t n, g, blk, oh0, rows, k, c, i, j
+    cdef Py_ssize_t ld = cols.shape[2], block = ld // OW, n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t n_parts = partial.shape[0]
+    cdef Py_ssize_t task, t, n, g, oh0, rows, k, q
+    cdef floating total
     cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
     with nogil:
-        for k in range(K):
-            for c in range(Cg):
-                for i in range(kh):
-                    for j in range(kw):
-                        dw_[k, c, i, j] = 0
-        for n in range(N):
-            for g in range(groups):
+        for k in prange(K, schedule="static", num_threads=n_threads):
+            for t in range(n_parts):
+                for q in range(CKK):
+                    partial[t, k, q] = 0
+        with parallel(num_threads=n_threads):
+            t = threadid()
+            for task in prange(N * groups * n_blk, schedule="dynamic"):
+                n = task // (groups * n_blk)
+                g = task // n_blk % groups
+                oh0 = task % n_blk * block
+                rows = min(block, OH - oh0)
                 if pointwise:
-                    _gemm(False, True, Kg, CKK, OH * OW, 1, &dy[n, g * Kg, 0, 0], OH * OW,
-                          &x[n, g * Cg, 0, 0], H * W, 1, &dw_[g * Kg, 0, 0, 0], CKK)
-                    continue
-                for blk in range(_ceil_div(OH, block)):
-                    oh0 = blk * block
-                    rows = min(block, OH - oh0)
-                    _im2col_block(x, n, g * Cg, Cg, &cols[0, 0], cols.shape[1], oh0, rows, OW,
-                                  kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
                     _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
-                          &cols[0, 0], cols.shape[1], 1, &dw_[g * Kg, 0, 0, 0], CKK)
+                          &x[n, g * Cg, oh0, 0], H * W, 1, &partial[t, g * Kg, 0], CKK)
+                else:
+                    _im2col_block(x, n, g * Cg, Cg, &cols[t, 0, 0], ld, oh0, rows, OW,
+                                  kh, kw, sh, sw, pt, pl, dh, dw)
+                    _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
+                          &cols[t, 0, 0], ld, 1, &partial[t, g * Kg, 0], CKK)
+        for k in prange(K, schedule="static", num_threads=n_threads):
+            for q in range(CKK):
+                total = 0
+                for t in range(n_parts):
+                    total = total + partial[t, k, q]
+                dw_[k, q // (kh * kw), q // kw % kh, q % kw] = total
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ The default backend is, in order: the one set by :func:`set_backend`, the
 
 import importlib
 import os
+from contextlib import contextmanager
 
 _MODULES = {
     "numpy": "fastconv.backends.reference",
@@ -28,11 +29,17 @@ _default = None
 
 
 def _load(name):
+    global _blas_libraries
     if name not in _loaded and name not in _failed:
         try:
             _loaded[name] = importlib.import_module(_MODULES[name])
         except ImportError as exc:
             _failed[name] = exc
+        else:
+            # a backend may bring its own BLAS (scipy's, for cython_blas): limit it too
+            _blas_libraries = None
+            if _num_threads is not None:
+                set_num_threads(_num_threads)
     return _loaded.get(name)
 
 
@@ -100,6 +107,7 @@ def _initial_threads():
 
 _num_threads = None
 _blas_limiter = None
+_blas_libraries = None
 
 
 def get_num_threads():
@@ -128,6 +136,29 @@ def set_num_threads(n):
     if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     _num_threads = n
+
+
+@contextmanager
+def single_threaded_blas():
+    """Run BLAS on one thread inside the block.
+
+    The compiled im2col kernels call the GEMM from each of their own OpenMP
+    threads; BLAS spreading every such call over its own threads as well would
+    put two threads on each core.
+    """
+    global _blas_libraries
+    if _blas_libraries is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_blas_libraries, before):
+            lib.set_num_threads(n)
 
 
 def _loaded_numba():

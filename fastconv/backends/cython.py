@@ -7,6 +7,8 @@ compiled functions themselves.
 
 import os
 
+import numpy as np
+
 # After a parallel region, libgomp's threads spin for GOMP_SPINCOUNT iterations
 # (300,000 by default) before they sleep. On a machine with as many threads as
 # cores, that spinning steals the cores BLAS's own threads need next: on 2
@@ -22,6 +24,7 @@ finally:
     if _saved is None:
         del os.environ["GOMP_SPINCOUNT"]
 
+from . import single_threaded_blas  # noqa: E402
 from ._workspace import im2col_workspace  # noqa: E402
 
 im2col = _kernels.im2col
@@ -33,18 +36,23 @@ conv2d_bwd_weight_direct = _kernels.conv2d_bwd_weight_direct
 
 
 def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    cols = im2col_workspace(w, y, kh, kw, y.dtype)
-    _kernels.conv2d_fwd_im2col(x, w, b, y, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
-                               n_threads)
+    cols = im2col_workspace(w, y, kh, kw, groups, n_threads)
+    with single_threaded_blas():
+        _kernels.conv2d_fwd_im2col(x, w, b, y, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                   n_threads)
 
 
 def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    cols = im2col_workspace(w, dy, kh, kw, dx.dtype)
-    _kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
-                                    n_threads)
+    # blocks two apart must not add into the same input row (see the kernel)
+    cols = im2col_workspace(w, dy, kh, kw, groups, n_threads, min_rows=-(-(kh - 1) * dh // sh))
+    with single_threaded_blas():
+        _kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                        n_threads)
 
 
 def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    cols = im2col_workspace(dw_, dy, kh, kw, dw_.dtype)
-    _kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
-                                      n_threads)
+    cols = im2col_workspace(dw_, dy, kh, kw, groups, n_threads)
+    partial = np.empty((n_threads,) + (dw_.shape[0], cols.shape[1]), dtype=dw_.dtype)
+    with single_threaded_blas():
+        _kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, partial, kh, kw, sh, sw, pt, pl,
+                                          dh, dw, groups, n_threads)
