@@ -8,9 +8,10 @@ Each kernel takes arrays first, each marked IN or OUT, then
 every output and workspace, so bounds checks are off (see setup.py for the
 switch that turns them back on) and the loops run without the GIL.
 
-Threads: the loops here run on OpenMP's threads; the matrix products run on
-BLAS's own threads, never inside a parallel loop, so that the two pools take
-turns instead of fighting over the cores.
+Threads: everything runs on OpenMP's threads. The matrix products are
+called from inside the parallel loops, one single-threaded GEMM per task (the
+caller pins BLAS to one thread), so that BLAS's own pool never competes with
+OpenMP's for the cores.
 """
 
 from cython cimport floating
@@ -226,6 +227,72 @@ cdef inline bint _is_pointwise(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_s
         and OH == H and OW == W
 
 
+cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                    const floating[::1] b, floating[:, :, :, ::1] y, floating* cols, Py_ssize_t ld,
+                    Py_ssize_t n, Py_ssize_t g, Py_ssize_t oh0, Py_ssize_t rows, bint pointwise,
+                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t groups) noexcept nogil:
+    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1."""
+    cdef Py_ssize_t Cg = x.shape[1] // groups, Kg = y.shape[1] // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t HW = x.shape[2] * x.shape[3], OHW = y.shape[2] * y.shape[3], OW = y.shape[3]
+    cdef Py_ssize_t k, p
+    cdef floating* yk
+    if pointwise:
+        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+              &x[n, g * Cg, oh0, 0], HW, 0, &y[n, g * Kg, oh0, 0], OHW)
+    else:
+        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+              cols, ld, 0, &y[n, g * Kg, oh0, 0], OHW)
+    # bias, while the block is still in cache
+    for k in range(g * Kg, (g + 1) * Kg):
+        yk = &y[n, k, oh0, 0]
+        for p in range(rows * OW):
+            yk[p] = yk[p] + b[k]
+
+
+cdef void _bwd_data_task(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] w,
+                         floating[:, :, :, ::1] dx, floating* cols, Py_ssize_t ld,
+                         Py_ssize_t n, Py_ssize_t g, Py_ssize_t oh0, Py_ssize_t rows,
+                         bint pointwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                         Py_ssize_t groups) noexcept nogil:
+    """dcols = W_g^T . dY_block, added back into dX, for one image, group and block of rows."""
+    cdef Py_ssize_t Cg = dx.shape[1] // groups, Kg = dy.shape[1] // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3], OHW = dy.shape[2] * dy.shape[3]
+    cdef Py_ssize_t OW = dy.shape[3]
+    if pointwise:
+        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
+              &dy[n, g * Kg, oh0, 0], OHW, 0, &dx[n, g * Cg, oh0, 0], HW)
+    else:
+        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
+              &dy[n, g * Kg, oh0, 0], OHW, 0, cols, ld)
+        _col2im_block(cols, ld, dx, n, g * Cg, Cg, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+cdef void _bwd_weight_task(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                           floating* partial, floating* cols, Py_ssize_t ld,
+                           Py_ssize_t n, Py_ssize_t g, Py_ssize_t oh0, Py_ssize_t rows,
+                           bint pointwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
+                           Py_ssize_t dw, Py_ssize_t groups) noexcept nogil:
+    """partial[g*Kg:(g+1)*Kg] += dY_block . cols^T for one image, group and block of rows."""
+    cdef Py_ssize_t Cg = x.shape[1] // groups, Kg = dy.shape[1] // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t HW = x.shape[2] * x.shape[3], OHW = dy.shape[2] * dy.shape[3]
+    cdef Py_ssize_t OW = dy.shape[3]
+    if pointwise:
+        _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OHW,
+              &x[n, g * Cg, oh0, 0], HW, 1, partial + g * Kg * CKK, CKK)
+    else:
+        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OHW,
+              cols, ld, 1, partial + g * Kg * CKK, CKK)
+
+
+# Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
+# a fixed assignment, so that results do not depend on scheduling.
+
 def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       const floating[:, :, :, ::1] w,     # IN  (K, C/g, kh, kw)
                       const floating[::1] b,              # IN  (K,)
@@ -235,33 +302,19 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                       Py_ssize_t groups, int n_threads):
     """Y = W . im2col(X) + b, a task per image, group and block of output rows."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t ld = cols.shape[2], block = ld // OW, n_blk = _ceil_div(OH, block)
-    cdef Py_ssize_t task, t, n, g, k, oh0, rows, p
-    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
-    cdef floating* yk
-    with nogil, parallel(num_threads=n_threads):
-        t = threadid()
-        for task in prange(N * groups * n_blk, schedule="dynamic"):
-            n = task // (groups * n_blk)
-            g = task // n_blk % groups
-            oh0 = task % n_blk * block
-            rows = min(block, OH - oh0)
-            if pointwise:
-                _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-                      &x[n, g * Cg, oh0, 0], H * W, 0, &y[n, g * Kg, oh0, 0], OH * OW)
-            else:
-                _im2col_block(x, n, g * Cg, Cg, &cols[t, 0, 0], ld, oh0, rows, OW,
-                              kh, kw, sh, sw, pt, pl, dh, dw)
-                _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-                      &cols[t, 0, 0], ld, 0, &y[n, g * Kg, oh0, 0], OH * OW)
-            # bias, while the block is still in cache
-            for k in range(g * Kg, (g + 1) * Kg):
-                yk = &y[n, k, oh0, 0]
-                for p in range(rows * OW):
-                    yk[p] = yk[p] + b[k]
+    cdef Py_ssize_t OH = y.shape[2], ld = cols.shape[2], block = ld // y.shape[3]
+    cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = x.shape[0] * groups * n_blk
+    cdef Py_ssize_t t, q, task, oh0
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3],
+                                        OH, y.shape[3])
+    with nogil:
+        for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+            for q in range(_ceil_div(n_tasks - t, n_threads)):
+                task = t + q * n_threads
+                oh0 = task % n_blk * block
+                _fwd_task(x, w, b, y, &cols[t, 0, 0], ld, task // (groups * n_blk),
+                          task // n_blk % groups, oh0, min(block, OH - oh0), pointwise,
+                          kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
 def conv2d_bwd_data_im2col(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, OW)
@@ -277,36 +330,26 @@ def conv2d_bwd_data_im2col(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, O
     run first and the odd ones after: the caller makes a block at least
     (kh-1)*dh/sh rows tall, so that blocks two apart never touch the same row.
     """
-    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t ld = cols.shape[2], block = ld // OW, n_blk = _ceil_div(OH, block)
-    cdef Py_ssize_t half = _ceil_div(n_blk, 2)
-    cdef Py_ssize_t task, t, n, g, blk, parity, oh0, rows, plane
-    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    cdef Py_ssize_t C = dx.shape[1], OH = dy.shape[2], ld = cols.shape[2]
+    cdef Py_ssize_t block = ld // dy.shape[3], n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t half = _ceil_div(n_blk, 2), n_tasks = dx.shape[0] * groups * half
+    cdef Py_ssize_t t, q, task, blk, parity, oh0, plane
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, dx.shape[2], dx.shape[3],
+                                        OH, dy.shape[3])
     with nogil:
         if not pointwise:
-            for plane in prange(N * C, schedule="static", num_threads=n_threads):
+            for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
                 _zero_plane(dx, plane // C, plane % C)
         for parity in range(2):
-            with parallel(num_threads=n_threads):
-                t = threadid()
-                for task in prange(N * groups * half, schedule="dynamic"):
-                    n = task // (groups * half)
-                    g = task // half % groups
+            for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                for q in range(_ceil_div(n_tasks - t, n_threads)):
+                    task = t + q * n_threads
                     blk = task % half * 2 + parity
-                    if blk >= n_blk:
-                        continue
-                    oh0 = blk * block
-                    rows = min(block, OH - oh0)
-                    if pointwise:
-                        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
-                              &dy[n, g * Kg, oh0, 0], OH * OW, 0, &dx[n, g * Cg, oh0, 0], H * W)
-                    else:
-                        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
-                              &dy[n, g * Kg, oh0, 0], OH * OW, 0, &cols[t, 0, 0], ld)
-                        _col2im_block(&cols[t, 0, 0], ld, dx, n, g * Cg, Cg, oh0, rows, OW,
-                                      kh, kw, sh, sw, pt, pl, dh, dw)
+                    if blk < n_blk:
+                        oh0 = blk * block
+                        _bwd_data_task(dy, w, dx, &cols[t, 0, 0], ld, task // (groups * half),
+                                       task // half % groups, oh0, min(block, OH - oh0),
+                                       pointwise, kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
 def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, OW)
@@ -317,42 +360,34 @@ def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                              Py_ssize_t groups, int n_threads):
-    """dW_g = sum over tasks of dY_block . cols^T; each thread sums its tasks into
+    """dW_g = sum over tasks of dY_block . cols^T; thread t sums its tasks into
     partial[t] (BLAS accumulating with beta=1), and the partial sums are added at the end."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t ld = cols.shape[2], block = ld // OW, n_blk = _ceil_div(OH, block)
-    cdef Py_ssize_t n_parts = partial.shape[0]
-    cdef Py_ssize_t task, t, n, g, oh0, rows, k, q
+    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], ld = cols.shape[2]
+    cdef Py_ssize_t CKK = x.shape[1] // groups * kh * kw
+    cdef Py_ssize_t block = ld // dy.shape[3], n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t n_tasks = x.shape[0] * groups * n_blk
+    cdef Py_ssize_t t, q, task, oh0, k, i
     cdef floating total
-    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3],
+                                        OH, dy.shape[3])
     with nogil:
-        for k in prange(K, schedule="static", num_threads=n_threads):
-            for t in range(n_parts):
-                for q in range(CKK):
-                    partial[t, k, q] = 0
-        with parallel(num_threads=n_threads):
-            t = threadid()
-            for task in prange(N * groups * n_blk, schedule="dynamic"):
-                n = task // (groups * n_blk)
-                g = task // n_blk % groups
+        for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+            for k in range(K):
+                for i in range(CKK):
+                    partial[t, k, i] = 0
+            for q in range(_ceil_div(n_tasks - t, n_threads)):
+                task = t + q * n_threads
                 oh0 = task % n_blk * block
-                rows = min(block, OH - oh0)
-                if pointwise:
-                    _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
-                          &x[n, g * Cg, oh0, 0], H * W, 1, &partial[t, g * Kg, 0], CKK)
-                else:
-                    _im2col_block(x, n, g * Cg, Cg, &cols[t, 0, 0], ld, oh0, rows, OW,
-                                  kh, kw, sh, sw, pt, pl, dh, dw)
-                    _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
-                          &cols[t, 0, 0], ld, 1, &partial[t, g * Kg, 0], CKK)
+                _bwd_weight_task(dy, x, &partial[t, 0, 0], &cols[t, 0, 0], ld,
+                                 task // (groups * n_blk), task // n_blk % groups, oh0,
+                                 min(block, OH - oh0), pointwise, kh, kw, sh, sw, pt, pl, dh, dw,
+                                 groups)
         for k in prange(K, schedule="static", num_threads=n_threads):
-            for q in range(CKK):
+            for i in range(CKK):
                 total = 0
-                for t in range(n_parts):
-                    total = total + partial[t, k, q]
-                dw_[k, q // (kh * kw), q // kw % kh, q % kw] = total
+                for t in range(n_threads):
+                    total = total + partial[t, k, i]
+                dw_[k, i // (kh * kw), i // kw % kh, i % kw] = total
 
 
 # ---------------------------------------------------------------------------

@@ -15,12 +15,14 @@ from contextlib import contextmanager
 _MODULES = {
     "numpy": "fastconv.backends.reference",
     "cython": "fastconv.backends.cython",
+    "numba": "fastconv.backends.numba",
 }
 # fastest first; a backend joins this list once it implements every operation
 _PREFERENCE = ("numpy",)
 _HOW_TO_GET = {
     "numpy": "it is part of fastconv",
     "cython": "reinstall fastconv from source with a C compiler (pip install .)",
+    "numba": "pip install numba",
 }
 
 _loaded = {}

@@ -1,0 +1,490 @@
+"""Numba CPU kernels (``@njit``, parallel, cached); the twin of ``fastconv/_kernels.pyx``.
+
+Same names, arguments, loop order and comments as the Cython kernels. Where
+the Cython code passes a pointer, this code passes a flat array and an offset
+into it (``dst, dst0``). Arrays come validated, C-contiguous and allocated by
+the caller (``fastconv.backends.numba``).
+
+Threads: everything runs on Numba's threads. The matrix products are called
+from inside the parallel loops, one single-threaded GEMM per task (the caller
+pins BLAS to one thread), through the same BLAS function scipy exposes to
+Cython (``scipy.linalg.cython_blas``), so that BLAS's own pool never competes
+with Numba's for the cores.
+
+No ``fastmath``: it would assume away NaN and infinity.
+"""
+
+import ctypes
+
+import llvmlite.binding
+import numba
+import numpy as np
+import scipy.linalg.cython_blas
+from numba import prange
+
+njit = numba.njit(cache=True, nogil=True)
+pnjit = numba.njit(cache=True, nogil=True, parallel=True)
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+@njit
+def _ceil_div(a, b):
+    """ceil(a / b) for b > 0 and any sign of a."""
+    return -(-a // b)
+
+
+@njit
+def _clip(v, lo, hi):
+    return lo if v < lo else (hi if v > hi else v)
+
+
+# Outputs o in [first, end) read inside the input, 0 <= o*stride + offset < size.
+# Peeling the outputs that read padding off both ends leaves an inner loop
+# without bounds checks.
+@njit
+def _first_inside(offset, stride, n_out):
+    return _clip(_ceil_div(-offset, stride), 0, n_out)
+
+
+@njit
+def _end_inside(offset, stride, size, first, n_out):
+    return _clip(_ceil_div(size - offset, stride), first, n_out)
+
+
+def _blas_address(name):
+    """Address of ``scipy.linalg.cython_blas.<name>``, the BLAS the Cython kernels call."""
+    capsule = scipy.linalg.cython_blas.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
+                                                                  ctypes.c_char_p]
+    return get_pointer(capsule, get_name(capsule))
+
+
+# The compiled code calls BLAS by a symbol name that is bound to the address
+# at import, not by an address baked into it, so that Numba can cache it.
+for _name in ("sgemm", "dgemm"):
+    llvmlite.binding.add_symbol(f"fastconv_{_name}", _blas_address(_name))
+_sgemm = numba.types.ExternalFunction("fastconv_sgemm",
+                                      numba.types.void(*[numba.types.voidptr] * 13))
+_dgemm = numba.types.ExternalFunction("fastconv_dgemm",
+                                      numba.types.void(*[numba.types.voidptr] * 13))
+
+
+@njit
+def _gemm(trans_a, trans_b, m, n, k, alpha, a, a0, lda, b, b0, ldb, beta, c, c0, ldc):
+    """Row-major ``C (m x n) = alpha op(A) op(B) + beta C`` through column-major BLAS.
+
+    Row-major memory read column-major is the transpose, so BLAS computes
+    ``C^T = op(B)^T op(A)^T``: the operands swap places and keep their flags.
+    A, B and C are flat arrays, their matrices starting at a0, b0 and c0.
+    """
+    flags = np.empty(2, np.uint8)
+    flags[0] = ord("T") if trans_a else ord("N")
+    flags[1] = ord("T") if trans_b else ord("N")
+    ints = np.empty(6, np.int32)
+    ints[0], ints[1], ints[2], ints[3], ints[4], ints[5] = n, m, k, ldb, lda, ldc
+    scalars = np.empty(2, c.dtype)
+    scalars[0], scalars[1] = alpha, beta
+    if c.itemsize == 4:
+        _sgemm(flags[1:].ctypes, flags.ctypes, ints.ctypes, ints[1:].ctypes, ints[2:].ctypes,
+               scalars.ctypes, b[b0:].ctypes, ints[3:].ctypes, a[a0:].ctypes, ints[4:].ctypes,
+               scalars[1:].ctypes, c[c0:].ctypes, ints[5:].ctypes)
+    else:
+        _dgemm(flags[1:].ctypes, flags.ctypes, ints.ctypes, ints[1:].ctypes, ints[2:].ctypes,
+               scalars.ctypes, b[b0:].ctypes, ints[3:].ctypes, a[a0:].ctypes, ints[4:].ctypes,
+               scalars[1:].ctypes, c[c0:].ctypes, ints[5:].ctypes)
+
+
+# ---------------------------------------------------------------------------
+# im2col / col2im on a block of output rows
+# ---------------------------------------------------------------------------
+# A block covers output rows oh0 .. oh0+rows-1 of one image. Its lowered
+# matrix has a row per (c, i, j) and a column per output pixel of the block,
+# (r, ow) -> r*OW + ow. These helpers are serial: the callers parallelise
+# over rows, planes or blocks.
+
+@njit
+def _lower_row(x, n, c, i, j, dst, dst0, oh0, rows, OW, sh, sw, pt, pl, dh, dw):
+    """dst[dst0 + r*OW + ow] = x[n, c, (oh0+r)*sh - pt + i*dh, ow*sw - pl + j*dw], 0 in the padding."""
+    H, W = x.shape[2], x.shape[3]
+    iw0 = j * dw - pl
+    ow0 = _first_inside(iw0, sw, OW)
+    ow1 = _end_inside(iw0, sw, W, ow0, OW)
+    for r in range(rows):
+        ih = (oh0 + r) * sh - pt + i * dh
+        if ih < 0 or ih >= H:
+            for ow in range(OW):
+                dst[dst0 + ow] = 0
+        else:
+            for ow in range(ow0):
+                dst[dst0 + ow] = 0
+            for ow in range(ow0, ow1):
+                dst[dst0 + ow] = x[n, c, ih, ow * sw + iw0]
+            for ow in range(ow1, OW):
+                dst[dst0 + ow] = 0
+        dst0 += OW
+
+
+@njit
+def _unlower_plane(src, src0, ld, x, n, c, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw):
+    """Add channel c's kh*kw lowered rows (src from src0, row stride ld) back into plane x[n, c]."""
+    H, W = x.shape[2], x.shape[3]
+    for i in range(kh):
+        for j in range(kw):
+            iw0 = j * dw - pl
+            ow0 = _first_inside(iw0, sw, OW)
+            ow1 = _end_inside(iw0, sw, W, ow0, OW)
+            for r in range(rows):
+                ih = (oh0 + r) * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                row = src0 + (i * kw + j) * ld + r * OW
+                for ow in range(ow0, ow1):
+                    x[n, c, ih, ow * sw + iw0] += src[row + ow]
+
+
+@njit
+def _im2col_block(x, n, c0, n_c, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw):
+    """cols[(c, i, j) * ld:] = the lowered row of channel c0+c, tap (i, j); row stride ld."""
+    for c in range(n_c):
+        for i in range(kh):
+            for j in range(kw):
+                _lower_row(x, n, c0 + c, i, j, cols, ((c * kh + i) * kw + j) * ld,
+                           oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+
+
+@njit
+def _col2im_block(cols, ld, x, n, c0, n_c, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw):
+    """x[n, c0+c, ih, iw] += every cols entry _im2col_block would copy from there."""
+    for c in range(n_c):
+        _unlower_plane(cols, c * kh * kw * ld, ld, x, n, c0 + c, oh0, rows, OW,
+                       kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+@pnjit
+def im2col(x,       # IN  (N, C, H, W)
+           cols,    # OUT (N, C*kh*kw, OH, OW)
+           kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
+    """cols[n, (c, i, j), oh, ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw], 0 in the padding."""
+    C, K2, OH, OW = x.shape[1], kh * kw, cols.shape[2], cols.shape[3]
+    flat = cols.reshape(-1)
+    # one lowered row per (n, c, i, j): rows are independent
+    for row in prange(x.shape[0] * C * K2):
+        _lower_row(x, row // (C * K2), row // K2 % C, row // kw % kh, row % kw,
+                   flat, row * OH * OW, 0, OH, OW, sh, sw, pt, pl, dh, dw)
+
+
+@pnjit
+def col2im(cols,    # IN  (N, C*kh*kw, OH, OW)
+           x,       # OUT (N, C, H, W), overwritten
+           kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
+    """x[n, c, ih, iw] = sum of the cols entries im2col copied from it (the adjoint of im2col)."""
+    C, K2, OH, OW = x.shape[1], kh * kw, cols.shape[2], cols.shape[3]
+    flat = cols.reshape(-1)
+    # one (n, c) plane per iteration: a thread owns every pixel it adds into
+    for plane in prange(x.shape[0] * C):
+        _zero_plane(x, plane // C, plane % C)
+        _unlower_plane(flat, plane * K2 * OH * OW, OH * OW, x, plane // C, plane % C, 0, OH, OW,
+                       kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+@njit
+def _zero_plane(x, n, c):
+    for ih in range(x.shape[2]):
+        for iw in range(x.shape[3]):
+            x[n, c, ih, iw] = 0
+
+
+# ---------------------------------------------------------------------------
+# Convolution by im2col + GEMM
+# ---------------------------------------------------------------------------
+# A task is one image, group and block of output rows. With cols the block's
+# lowered input (C/g*kh*kw x rows*OW) and W_g the group's weights as a matrix:
+#   forward       Y_block     = W_g . cols             (then + bias)
+#   grad data     dcols       = W_g^T . dY_block,  then col2im into dX
+#   grad weight   dW_g       += dY_block . cols^T
+# Y_block is rows*OW consecutive pixels of each output plane: a submatrix of
+# Y with row stride OH*OW, so BLAS writes (or reads) it in place. A 1x1
+# stride-1 convolution without padding needs no lowering: cols is X itself.
+#
+# Tasks run in parallel on Numba's threads, each lowering into its own
+# workspace cols[t] (sized by the caller to stay in that core's L2 cache) and
+# calling a single-threaded GEMM (the caller pins BLAS to one thread): the
+# lowered block is consumed while still in cache, and only one thread pool runs.
+
+@njit
+def _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW):
+    return (kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+            and OH == H and OW == W)
+
+
+@njit
+def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise,
+              kh, kw, sh, sw, pt, pl, dh, dw, groups):
+    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1."""
+    Cg, Kg = x.shape[1] // groups, y.shape[1] // groups
+    CKK = Cg * kh * kw
+    C, K, H, W, OH, OW = x.shape[1], y.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3]
+    HW, OHW = H * W, OH * OW
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    y0 = (n * K + g * Kg) * OHW + oh0 * OW
+    if pointwise:
+        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
+              xf, (n * C + g * Cg) * HW + oh0 * W, HW, 0, yf, y0, OHW)
+    else:
+        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
+              cols, 0, ld, 0, yf, y0, OHW)
+    # bias, while the block is still in cache
+    for k in range(g * Kg, (g + 1) * Kg):
+        yk = (n * K + k) * OHW + oh0 * OW
+        for p in range(rows * OW):
+            yf[yk + p] = yf[yk + p] + b[k]
+
+
+@njit
+def _bwd_data_task(dy, w, dx, cols, ld, n, g, oh0, rows, pointwise,
+                   kh, kw, sh, sw, pt, pl, dh, dw, groups):
+    """dcols = W_g^T . dY_block, added back into dX, for one image, group and block of rows."""
+    Cg, Kg = dx.shape[1] // groups, dy.shape[1] // groups
+    CKK = Cg * kh * kw
+    C, K, OW = dx.shape[1], dy.shape[1], dy.shape[3]
+    HW, OHW = dx.shape[2] * dx.shape[3], dy.shape[2] * dy.shape[3]
+    dyf, wf, dxf = dy.reshape(-1), w.reshape(-1), dx.reshape(-1)
+    dy0 = (n * K + g * Kg) * OHW + oh0 * OW
+    if pointwise:
+        _gemm(True, False, CKK, rows * OW, Kg, 1, wf, g * Kg * CKK, CKK,
+              dyf, dy0, OHW, 0, dxf, (n * C + g * Cg) * HW + oh0 * OW, HW)
+    else:
+        _gemm(True, False, CKK, rows * OW, Kg, 1, wf, g * Kg * CKK, CKK,
+              dyf, dy0, OHW, 0, cols, 0, ld)
+        _col2im_block(cols, ld, dx, n, g * Cg, Cg, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+@njit
+def _bwd_weight_task(dy, x, partial, cols, ld, n, g, oh0, rows, pointwise,
+                     kh, kw, sh, sw, pt, pl, dh, dw, groups):
+    """partial[g*Kg:(g+1)*Kg] += dY_block . cols^T for one image, group and block of rows."""
+    Cg, Kg = x.shape[1] // groups, dy.shape[1] // groups
+    CKK = Cg * kh * kw
+    C, K, W, OW = x.shape[1], dy.shape[1], x.shape[3], dy.shape[3]
+    HW, OHW = x.shape[2] * W, dy.shape[2] * OW
+    dyf, xf = dy.reshape(-1), x.reshape(-1)
+    dy0 = (n * K + g * Kg) * OHW + oh0 * OW
+    if pointwise:
+        _gemm(False, True, Kg, CKK, rows * OW, 1, dyf, dy0, OHW,
+              xf, (n * C + g * Cg) * HW + oh0 * W, HW, 1, partial, g * Kg * CKK, CKK)
+    else:
+        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _gemm(False, True, Kg, CKK, rows * OW, 1, dyf, dy0, OHW,
+              cols, 0, ld, 1, partial, g * Kg * CKK, CKK)
+
+
+# Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
+# a fixed assignment, so that results do not depend on scheduling.
+
+@pnjit
+def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
+                      w,      # IN  (K, C/g, kh, kw)
+                      b,      # IN  (K,)
+                      y,      # OUT (N, K, OH, OW)
+                      cols,   # workspace (threads, C/g*kh*kw, rows*OW)
+                      kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """Y = W . im2col(X) + b, a task per image, group and block of output rows."""
+    OH, ld = y.shape[2], cols.shape[2]
+    block = ld // y.shape[3]
+    n_blk = _ceil_div(OH, block)
+    n_tasks = x.shape[0] * groups * n_blk
+    pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3], OH, y.shape[3])
+    for t in prange(n_threads):
+        slot = cols[t].reshape(-1)
+        for task in range(t, n_tasks, n_threads):
+            oh0 = task % n_blk * block
+            _fwd_task(x, w, b, y, slot, ld, task // (groups * n_blk), task // n_blk % groups,
+                      oh0, min(block, OH - oh0), pointwise, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+
+
+@pnjit
+def conv2d_bwd_data_im2col(dy,    # IN  (N, K, OH, OW)
+                           w,     # IN  (K, C/g, kh, kw)
+                           dx,    # OUT (N, C, H, W)
+                           cols,  # workspace (threads, C/g*kh*kw, rows*OW)
+                           kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """dX = col2im(W^T . dY), a task per image, group and block of output rows.
+
+    Neighbouring blocks add into overlapping input rows, so the even blocks
+    run first and the odd ones after: the caller makes a block at least
+    (kh-1)*dh/sh rows tall, so that blocks two apart never touch the same row.
+    """
+    C, OH, ld = dx.shape[1], dy.shape[2], cols.shape[2]
+    block = ld // dy.shape[3]
+    n_blk = _ceil_div(OH, block)
+    half = _ceil_div(n_blk, 2)
+    n_tasks = dx.shape[0] * groups * half
+    pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, dx.shape[2], dx.shape[3], OH, dy.shape[3])
+    if not pointwise:
+        for plane in prange(dx.shape[0] * C):
+            _zero_plane(dx, plane // C, plane % C)
+    for parity in range(2):
+        for t in prange(n_threads):
+            slot = cols[t].reshape(-1)
+            for task in range(t, n_tasks, n_threads):
+                blk = task % half * 2 + parity
+                if blk < n_blk:
+                    oh0 = blk * block
+                    _bwd_data_task(dy, w, dx, slot, ld, task // (groups * half),
+                                   task // half % groups, oh0, min(block, OH - oh0),
+                                   pointwise, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+
+
+@pnjit
+def conv2d_bwd_weight_im2col(dy,       # IN  (N, K, OH, OW)
+                             x,        # IN  (N, C, H, W)
+                             dw_,      # OUT (K, C/g, kh, kw)
+                             cols,     # workspace (threads, C/g*kh*kw, rows*OW)
+                             partial,  # workspace (threads, K, C/g*kh*kw)
+                             kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """dW_g = sum over tasks of dY_block . cols^T; thread t sums its tasks into
+    partial[t] (BLAS accumulating with beta=1), and the partial sums are added at the end."""
+    K, OH, ld = dy.shape[1], dy.shape[2], cols.shape[2]
+    CKK = x.shape[1] // groups * kh * kw
+    block = ld // dy.shape[3]
+    n_blk = _ceil_div(OH, block)
+    n_tasks = x.shape[0] * groups * n_blk
+    pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3], OH, dy.shape[3])
+    for t in prange(n_threads):
+        mine = partial[t].reshape(-1)
+        mine[:] = 0
+        slot = cols[t].reshape(-1)
+        for task in range(t, n_tasks, n_threads):
+            oh0 = task % n_blk * block
+            _bwd_weight_task(dy, x, mine, slot, ld, task // (groups * n_blk),
+                             task // n_blk % groups, oh0, min(block, OH - oh0), pointwise,
+                             kh, kw, sh, sw, pt, pl, dh, dw, groups)
+    for k in prange(K):
+        for i in range(CKK):
+            total = dw_.dtype.type(0)
+            for t in range(n_threads):
+                total = total + partial[t, k, i]
+            dw_[k, i // (kh * kw), i // kw % kh, i % kw] = total
+
+
+# ---------------------------------------------------------------------------
+# Direct convolution
+# ---------------------------------------------------------------------------
+# No lowering: each output row accumulates, tap by tap, a scaled row of the
+# input. A task is one image, group and block of KB output channels, so every
+# input row loaded is used KB times while the KB output rows stay in L1; the
+# innermost loop runs along the output width, contiguous when the stride is 1,
+# which the compiler vectorises.
+
+KB = 8  # output (or input) channels per task
+
+
+@pnjit
+def conv2d_fwd_direct(x,   # IN  (N, C, H, W)
+                      w,   # IN  (K, C/g, kh, kw)
+                      b,   # IN  (K,)
+                      y,   # OUT (N, K, OH, OW)
+                      kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """y[n,k,oh,ow] = b[k] + sum_{c,i,j} w[k,c,i,j] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
+    N, C, H, W = x.shape
+    K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
+    Cg, Kg = C // groups, K // groups
+    n_kb = _ceil_div(Kg, KB)
+    for task in prange(N * groups * n_kb):
+        n = task // (groups * n_kb)
+        g = task // n_kb % groups
+        k0 = g * Kg + task % n_kb * KB
+        k1 = min(k0 + KB, (g + 1) * Kg)
+        for oh in range(OH):
+            for k in range(k0, k1):
+                for ow in range(OW):
+                    y[n, k, oh, ow] = b[k]
+            for c in range(Cg):
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(kw):
+                        iw0 = j * dw - pl
+                        ow0 = _first_inside(iw0, sw, OW)
+                        ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                        for k in range(k0, k1):
+                            wv = w[k, c, i, j]
+                            for ow in range(ow0, ow1):
+                                y[n, k, oh, ow] += wv * x[n, g * Cg + c, ih, ow * sw + iw0]
+
+
+@pnjit
+def conv2d_bwd_data_direct(dy,  # IN  (N, K, OH, OW)
+                           w,   # IN  (K, C/g, kh, kw)
+                           dx,  # OUT (N, C, H, W)
+                           kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """dx[n, g*Cg+c, ih, iw] += w[k,c,i,j] dy[n,k,oh,ow] for every tap that read (ih, iw)."""
+    N, C, H, W = dx.shape
+    K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    Cg, Kg = C // groups, K // groups
+    n_cb = _ceil_div(Cg, KB)
+    # a task owns KB input-channel planes of one image: no two threads add into one pixel
+    for task in prange(N * groups * n_cb):
+        n = task // (groups * n_cb)
+        g = task // n_cb % groups
+        c0 = task % n_cb * KB
+        c1 = min(c0 + KB, Cg)
+        for c in range(c0, c1):
+            for ih in range(H):
+                for ow in range(W):
+                    dx[n, g * Cg + c, ih, ow] = 0
+        for oh in range(OH):
+            for k in range(g * Kg, (g + 1) * Kg):
+                for i in range(kh):
+                    ih = oh * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    for j in range(kw):
+                        iw0 = j * dw - pl
+                        ow0 = _first_inside(iw0, sw, OW)
+                        ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                        for c in range(c0, c1):
+                            wv = w[k, c, i, j]
+                            for ow in range(ow0, ow1):
+                                dx[n, g * Cg + c, ih, ow * sw + iw0] += wv * dy[n, k, oh, ow]
+
+
+@pnjit
+def conv2d_bwd_weight_direct(dy,   # IN  (N, K, OH, OW)
+                             x,    # IN  (N, C, H, W)
+                             dw_,  # OUT (K, C/g, kh, kw)
+                             kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """dw[k,c,i,j] = sum_{n,oh,ow} dy[n,k,oh,ow] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
+    N, C, H, W = x.shape
+    K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    Cg, Kg = C // groups, K // groups
+    # a task owns one output channel's weights
+    for k in prange(K):
+        g = k // Kg
+        for c in range(Cg):
+            for i in range(kh):
+                for j in range(kw):
+                    dw_[k, c, i, j] = 0
+        for n in range(N):
+            for c in range(Cg):
+                for i in range(kh):
+                    for j in range(kw):
+                        iw0 = j * dw - pl
+                        ow0 = _first_inside(iw0, sw, OW)
+                        ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                        acc = dw_.dtype.type(0)
+                        for oh in range(OH):
+                            ih = oh * sh - pt + i * dh
+                            if ih < 0 or ih >= H:
+                                continue
+                            for ow in range(ow0, ow1):
+                                acc = acc + dy[n, k, oh, ow] * x[n, g * Cg + c, ih, ow * sw + iw0]
+                        dw_[k, c, i, j] += acc
