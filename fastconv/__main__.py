@@ -23,6 +23,44 @@ def _selected(layers, patterns):
             if any(fnmatch.fnmatch(layer.name, p) or p in layer.name for p in patterns)]
 
 
+def _gmean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _conv_section(title, layers, names, args, n_threads, backward):
+    """Time every layer; returns {(backend, layer): best ratio to torch and best seconds}."""
+    print(f"\n{title:<24} {'backend':<8} {'algorithm':<10} {'time ms':>9} {'GFLOP/s':>8} "
+          f"{'vs torch':>8}")
+    best = {}
+    for layer in layers:
+        rows = bench.run_conv(layer, names, all_algorithms=not args.quick, rounds=args.rounds,
+                              n_threads=n_threads, backward=backward)
+        for i, (backend, algo, seconds, gflops, ratio) in enumerate(rows):
+            label = layer.name if i == 0 else ""
+            print(f"{label:<24} {backend:<8} {algo:<10} {seconds * 1e3:9.3f} {gflops:8.1f} "
+                  f"{_fmt_ratio(ratio)}", flush=True)
+            if backend != "torch":
+                old = best.get((backend, layer.name), (0.0, float("inf")))
+                best[backend, layer.name] = (max(old[0], ratio or 0.0), min(old[1], seconds))
+    return best
+
+
+def _summary(title, best, names):
+    print(f"\n{title}: best algorithm per layer")
+    for name in names:
+        ratios = [r for (b, _), (r, _) in best.items() if b == name and r > 0]
+        if ratios:
+            print(f"  {name:<8} geometric mean of the ratio to torch {_gmean(ratios):6.3f}  "
+                  f"(min {min(ratios):.3f}, {len(ratios)} layers)")
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            spread = [max(best[first, layer][1], best[second, layer][1])
+                      / min(best[first, layer][1], best[second, layer][1])
+                      for (b, layer) in best if b == first and (second, layer) in best]
+            if spread:
+                print(f"  {first} and {second}: at most {max(spread):.2f}x apart")
+
+
 def cmd_bench(args):
     if args.threads:
         backends.set_num_threads(args.threads)
@@ -30,40 +68,30 @@ def cmd_bench(args):
     names = args.backend or backends.available_backends()
     for name in names:
         backends.get_backend(name)
-    repeats, min_time = (3, 0.05) if args.quick else (args.repeats, 0.3)
+    if args.quick:
+        args.rounds = 3
     conv_layers = _selected(bench.CONV_LAYERS, args.layers)
     pool_layers = _selected(bench.POOL_LAYERS, args.layers)
-    mode = "auto algorithm only" if args.quick else "every algorithm"
-    print(f"fastconv {__version__} bench: {n_threads} threads, float32, forward, {mode}; "
-          f"best of >= {repeats} runs; ratio = torch time / fastconv time (> 1: fastconv faster)")
-    best = {}
-    if conv_layers:
-        print(f"\n{'layer':<24} {'backend':<8} {'algorithm':<10} {'time ms':>9} {'GFLOP/s':>8} "
-              f"{'vs torch':>8}")
-    for layer in conv_layers:
-        rows = bench.run_conv(layer, names, all_algorithms=not args.quick, repeats=repeats,
-                              min_time=min_time, n_threads=n_threads)
-        for i, (backend, algo, seconds, gflops, ratio) in enumerate(rows):
-            label = layer.name if i == 0 else ""
-            print(f"{label:<24} {backend:<8} {algo:<10} {seconds * 1e3:9.3f} {gflops:8.1f} "
-                  f"{_fmt_ratio(ratio)}", flush=True)
-            if ratio is not None and backend != "torch":
-                best[backend, layer.name] = max(best.get((backend, layer.name), 0.0), ratio)
+    mode = "the auto algorithm" if args.quick else "every algorithm"
+    print(f"fastconv {__version__} bench: {n_threads} threads, float32, {mode}; best of "
+          f"{args.rounds} interleaved rounds; ratio = torch time / fastconv time "
+          f"(> 1: fastconv faster)")
+    passes = ["forward", "backward"] if args.passes == "both" else [args.passes]
+    results = {}
+    for direction in passes if conv_layers else []:
+        title = "forward" if direction == "forward" else "backward (grad_x+grad_w)"
+        results[title] = _conv_section(title, conv_layers, names, args, n_threads,
+                                       direction == "backward")
     if pool_layers:
         print(f"\n{'pooling':<24} {'backend':<8} {'':<10} {'time ms':>9} {'GB/s':>8} {'vs torch':>8}")
     for layer in pool_layers:
         for i, (backend, seconds, gbs, ratio) in enumerate(
-                bench.run_pool(layer, names, repeats, min_time, n_threads)):
+                bench.run_pool(layer, names, args.rounds, n_threads)):
             label = layer.name if i == 0 else ""
             print(f"{label:<24} {backend:<8} {'':<10} {seconds * 1e3:9.3f} {gbs:8.1f} "
                   f"{_fmt_ratio(ratio)}", flush=True)
-    if best:
-        print("\nconvolution, best algorithm per layer: geometric mean of the ratio to torch")
-        for name in names:
-            ratios = [r for (b, _), r in best.items() if b == name]
-            if ratios:
-                gmean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-                print(f"  {name:<8} {gmean:6.3f}  (min {min(ratios):.3f}, {len(ratios)} layers)")
+    for title, best in results.items():
+        _summary(title, best, names)
     return 0
 
 
@@ -111,13 +139,16 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     p_bench = sub.add_parser("bench", help="time the DESIGN.md layer set against PyTorch")
     p_bench.add_argument("--quick", action="store_true",
-                         help="the automatic algorithm only, three runs each (under a minute)")
+                         help="the automatic algorithm only, three rounds (under a minute)")
     p_bench.add_argument("--layers", nargs="+", metavar="PATTERN",
                          help="only layers whose name matches (glob or substring)")
     p_bench.add_argument("--backend", nargs="+", choices=sorted(backends._MODULES),
                          help="backends to time (default: every one that imports)")
     p_bench.add_argument("--threads", type=int, help="threads for fastconv, BLAS and torch")
-    p_bench.add_argument("--repeats", type=int, default=5, help="runs per measurement")
+    p_bench.add_argument("--rounds", type=int, default=5,
+                         help="interleaved timing rounds (the best is kept)")
+    p_bench.add_argument("--pass", dest="passes", choices=["forward", "backward", "both"],
+                         default="both", help="which convolution passes to time")
     p_bench.set_defaults(func=cmd_bench)
     p_info = sub.add_parser("info", help="version, backends, threads, BLAS and CPU features")
     p_info.set_defaults(func=cmd_info)

@@ -41,6 +41,13 @@ def _clip(v, lo, hi):
     return lo if v < lo else (hi if v > hi else v)
 
 
+# Indices in the innermost loops are cast to unsigned: Numba then skips its
+# negative-index wraparound test, which blocks vectorisation (a direct
+# convolution ran at 3.8 GFLOP/s with it, 22 without). Every such index is
+# non-negative by construction.
+_u = numba.uint64
+
+
 # Outputs o in [first, end) read inside the input, 0 <= o*stride + offset < size.
 # Peeling the outputs that read padding off both ends leaves an inner loop
 # without bounds checks.
@@ -121,10 +128,11 @@ def _lower_row(x, n, c, i, j, dst, dst0, oh0, rows, OW, sh, sw, pt, pl, dh, dw):
             for ow in range(OW):
                 dst[dst0 + ow] = 0
         else:
+            xrow = x[n, c, ih]
             for ow in range(ow0):
                 dst[dst0 + ow] = 0
             for ow in range(ow0, ow1):
-                dst[dst0 + ow] = x[n, c, ih, ow * sw + iw0]
+                dst[_u(dst0 + ow)] = xrow[_u(ow * sw + iw0)]
             for ow in range(ow1, OW):
                 dst[dst0 + ow] = 0
         dst0 += OW
@@ -144,8 +152,9 @@ def _unlower_plane(src, src0, ld, x, n, c, oh0, rows, OW, kh, kw, sh, sw, pt, pl
                 if ih < 0 or ih >= H:
                     continue
                 row = src0 + (i * kw + j) * ld + r * OW
+                xrow = x[n, c, ih]
                 for ow in range(ow0, ow1):
-                    x[n, c, ih, ow * sw + iw0] += src[row + ow]
+                    xrow[_u(ow * sw + iw0)] += src[_u(row + ow)]
 
 
 @njit
@@ -244,7 +253,7 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise,
     for k in range(g * Kg, (g + 1) * Kg):
         yk = (n * K + k) * OHW + oh0 * OW
         for p in range(rows * OW):
-            yf[yk + p] = yf[yk + p] + b[k]
+            yf[_u(yk + p)] = yf[_u(yk + p)] + b[k]
 
 
 @njit
@@ -411,14 +420,16 @@ def conv2d_fwd_direct(x,   # IN  (N, C, H, W)
                     ih = oh * sh - pt + i * dh
                     if ih < 0 or ih >= H:
                         continue
+                    xrow = x[n, g * Cg + c, ih]
                     for j in range(kw):
                         iw0 = j * dw - pl
                         ow0 = _first_inside(iw0, sw, OW)
                         ow1 = _end_inside(iw0, sw, W, ow0, OW)
                         for k in range(k0, k1):
                             wv = w[k, c, i, j]
+                            yrow = y[n, k, oh]
                             for ow in range(ow0, ow1):
-                                y[n, k, oh, ow] += wv * x[n, g * Cg + c, ih, ow * sw + iw0]
+                                yrow[_u(ow)] += wv * xrow[_u(ow * sw + iw0)]
 
 
 @pnjit
@@ -447,14 +458,16 @@ def conv2d_bwd_data_direct(dy,  # IN  (N, K, OH, OW)
                     ih = oh * sh - pt + i * dh
                     if ih < 0 or ih >= H:
                         continue
+                    dyrow = dy[n, k, oh]
                     for j in range(kw):
                         iw0 = j * dw - pl
                         ow0 = _first_inside(iw0, sw, OW)
                         ow1 = _end_inside(iw0, sw, W, ow0, OW)
                         for c in range(c0, c1):
                             wv = w[k, c, i, j]
+                            dxrow = dx[n, g * Cg + c, ih]
                             for ow in range(ow0, ow1):
-                                dx[n, g * Cg + c, ih, ow * sw + iw0] += wv * dy[n, k, oh, ow]
+                                dxrow[_u(ow * sw + iw0)] += wv * dyrow[_u(ow)]
 
 
 @pnjit
@@ -485,6 +498,8 @@ def conv2d_bwd_weight_direct(dy,   # IN  (N, K, OH, OW)
                             ih = oh * sh - pt + i * dh
                             if ih < 0 or ih >= H:
                                 continue
+                            dyrow = dy[n, k, oh]
+                            xrow = x[n, g * Cg + c, ih]
                             for ow in range(ow0, ow1):
-                                acc = acc + dy[n, k, oh, ow] * x[n, g * Cg + c, ih, ow * sw + iw0]
+                                acc = acc + dyrow[_u(ow)] * xrow[_u(ow * sw + iw0)]
                         dw_[k, c, i, j] += acc

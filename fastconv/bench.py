@@ -83,24 +83,29 @@ POOL_LAYERS = [
 ]
 
 
-def best_time(fn, repeats=5, min_time=0.2, max_time=5.0):
-    """Best wall time of ``fn()`` over at least ``repeats`` runs (after one warm-up),
-    continuing until ``min_time`` has passed or stopping once ``max_time`` has.
+def best_times(fns, rounds=5, max_time=3.0, pause=0.005):
+    """Best wall time of each callable, measured in interleaved rounds.
 
-    The pause first lets the thread pools of whatever ran before (another
-    backend's OpenMP, BLAS or PyTorch threads spin for a while after their
-    last task) go to sleep, so that they do not steal this measurement's cores.
+    Every round times each callable once, so that a disturbance from the rest
+    of a shared machine hits all of them alike; the best of the rounds is the
+    run least disturbed. A short pause before each run lets the thread pools
+    of the previous one (OpenMP, BLAS and PyTorch threads spin for a while
+    after their last task) go to sleep. A callable stops being timed once it
+    has used ``max_time`` seconds.
     """
-    time.sleep(0.05)
-    fn()
-    best, spent, runs = float("inf"), 0.0, 0
-    while runs < repeats or spent < min_time:
-        start = time.perf_counter()
+    best = [float("inf")] * len(fns)
+    spent = [0.0] * len(fns)
+    for fn in fns:
         fn()
-        elapsed = time.perf_counter() - start
-        best, spent, runs = min(best, elapsed), spent + elapsed, runs + 1
-        if spent > max_time:
-            break
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            if spent[i] > max_time:
+                continue
+            time.sleep(pause)
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            best[i], spent[i] = min(best[i], elapsed), spent[i] + elapsed
     return best
 
 
@@ -125,29 +130,44 @@ def conv_candidates(layer, backend_names=None, all_algorithms=True):
     return geometry, pairs
 
 
-def run_conv(layer, backend_names=None, all_algorithms=True, repeats=5, min_time=0.2,
-             n_threads=None):
-    """Time one layer's forward pass: rows of (label, algorithm, seconds, GFLOP/s, ratio)."""
+def _torch_conv(torch, layer, x, w, backward):
+    """PyTorch's forward, or its backward alone (grad_x and grad_w, no forward)."""
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    kw = dict(stride=layer.stride, padding=layer.padding)
+    if not backward:
+        return lambda: torch.nn.functional.conv2d(xt, wt, **kw)
+    dy = torch.ones_like(torch.nn.functional.conv2d(xt, wt, **kw))
+    stride, padding = [layer.stride] * 2, list(layer.padding)
+    return lambda: torch.ops.aten.convolution_backward(
+        dy, xt, wt, None, stride, padding, [1, 1], False, [0, 0], 1, [True, True, False])
+
+
+def run_conv(layer, backend_names=None, all_algorithms=True, rounds=5, n_threads=None,
+             backward=False):
+    """Time one layer's forward pass, or its backward pass (grad_x and grad_w):
+    rows of (backend, algorithm, seconds, GFLOP/s, ratio to torch)."""
     n_threads = n_threads or backends.get_num_threads()
     x, w = layer.arrays()
     geometry, pairs = conv_candidates(layer, backend_names, all_algorithms)
-    work = gflop(geometry)
+    work = gflop(geometry) * (2 if backward else 1)
+    labels, fns = [], []
     torch = _torch(n_threads)
-    rows, torch_time = [], None
     if torch is not None:
-        xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-        with torch.no_grad():
-            torch_time = best_time(
-                lambda: torch.nn.functional.conv2d(xt, wt, stride=layer.stride,
-                                                   padding=layer.padding),
-                repeats, min_time)
-        rows.append(("torch", "-", torch_time, work / torch_time, 1.0))
+        labels.append(("torch", "-"))
+        fns.append(_torch_conv(torch, layer, x, w, backward))
+    dy = np.ones((layer.n, layer.c_out, geometry.oh, geometry.ow), dtype=x.dtype)
     for backend, algo in pairs:
-        seconds = best_time(lambda: functional.conv2d(x, w, **layer.kwargs(), algorithm=algo,
-                                                      backend=backend), repeats, min_time)
-        rows.append((backend, algo, seconds, work / seconds,
-                     torch_time / seconds if torch_time else None))
-    return rows
+        labels.append((backend, algo))
+        if backward:
+            fns.append(lambda b=backend, a=algo: functional.conv2d_backward(
+                dy, x, w, **layer.kwargs(), algorithm=a, backend=b))
+        else:
+            fns.append(lambda b=backend, a=algo: functional.conv2d(
+                x, w, **layer.kwargs(), algorithm=a, backend=b))
+    times = best_times(fns, rounds)
+    torch_time = times[0] if torch is not None else None
+    return [(b, a, t, work / t, torch_time / t if torch_time else None)
+            for (b, a), t in zip(labels, times)]
 
 
 def _pool_call(layer, module, x, backend=None):
@@ -157,24 +177,24 @@ def _pool_call(layer, module, x, backend=None):
     return lambda: fn(x, **layer.kwargs, **backend)
 
 
-def run_pool(layer, backend_names=None, repeats=5, min_time=0.2, n_threads=None):
-    """Time one pooling layer: rows of (label, seconds, GB/s of bytes read + written, ratio)."""
+def run_pool(layer, backend_names=None, rounds=5, n_threads=None):
+    """Time one pooling layer: rows of (backend, seconds, GB/s of bytes read + written, ratio)."""
     n_threads = n_threads or backends.get_num_threads()
     x = layer.array()
     y_bytes = _pool_call(layer, functional, x, {})().nbytes
     traffic = (x.nbytes + y_bytes) / 1e9
-    torch = _torch(n_threads)
-    rows, torch_time = [], None
-    if torch is not None:
-        with torch.no_grad():
-            torch_time = best_time(_pool_call(layer, torch.nn.functional, torch.from_numpy(x), {}),
-                                   repeats, min_time)
-        rows.append(("torch", torch_time, traffic / torch_time, 1.0))
     kernel = {"max": "maxpool2d_fwd", "avg": "avgpool2d_fwd",
               "global": "adaptive_avgpool2d_fwd"}[layer.kind]
+    labels, fns = [], []
+    torch = _torch(n_threads)
+    if torch is not None:
+        labels.append("torch")
+        fns.append(_pool_call(layer, torch.nn.functional, torch.from_numpy(x), {}))
     for name in backend_names or backends.available_backends():
-        if not hasattr(backends.get_backend(name), kernel):
-            continue
-        seconds = best_time(_pool_call(layer, functional, x, dict(backend=name)), repeats, min_time)
-        rows.append((name, seconds, traffic / seconds, torch_time / seconds if torch_time else None))
-    return rows
+        if hasattr(backends.get_backend(name), kernel):
+            labels.append(name)
+            fns.append(_pool_call(layer, functional, x, dict(backend=name)))
+    times = best_times(fns, rounds)
+    torch_time = times[0] if torch is not None else None
+    return [(label, t, traffic / t, torch_time / t if torch_time else None)
+            for label, t in zip(labels, times)]

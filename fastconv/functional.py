@@ -36,7 +36,7 @@ def _kernel(backend, name, op):
 
 def _conv_setup(geometry, algorithm, backend, op):
     """Backend module and resolved algorithm of a convolution call."""
-    module = _backends.get_backend(backend)
+    module = _backends.get_backend(backend, "conv2d_fwd_im2col")
     name = _backends.backend_name(module)
     algo = _select.choose_algorithm(geometry, algorithm, _select.implemented(module), name, op)
     return module, algo
@@ -281,7 +281,7 @@ def im2col(x, kernel_size, dilation=1, padding=0, stride=1, *, backend=None):
     op = "im2col"
     x = _shapes.float_array(x, "x", op, ndim=4)
     g = _shapes.unfold_geometry(*x.shape, kernel_size, dilation, padding, stride, op)
-    module = _backends.get_backend(backend)
+    module = _backends.get_backend(backend, "im2col")
     (x,) = _contiguous(x)
     cols = _alloc((g.n, g.c_out, g.oh, g.ow), x.dtype)
     _kernel(module, "im2col", op)(x, cols, *g.kernel_args()[:-1], _backends.get_num_threads())
@@ -311,7 +311,7 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1, *, b
     """
     op = "col2im"
     cols, g = _shapes.col2im_geometry(cols, output_size, kernel_size, dilation, padding, stride, op)
-    module = _backends.get_backend(backend)
+    module = _backends.get_backend(backend, "col2im")
     (cols,) = _contiguous(cols)
     x = _alloc(g.x_shape, cols.dtype)
     _kernel(module, "col2im", op)(cols.reshape(g.n, g.c_out, g.oh, g.ow), x,
@@ -325,7 +325,7 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1, *, b
 
 def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, backend, op):
     x, g = _shapes.pool2d_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
-    module = _backends.get_backend(backend)
+    module = _backends.get_backend(backend, "maxpool2d_fwd")
     (x,) = _contiguous(x)
     y = _alloc(g.y_shape, x.dtype)
     indices = _alloc(g.y_shape, np.int64)
@@ -407,7 +407,7 @@ def _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode, count_include_pa
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"{op}: count_include_pad must be a bool, got {count_include_pad!r}")
     divisor = _shapes.divisor_override_value(divisor_override, op)
-    return x, g, _backends.get_backend(backend), (bool(count_include_pad), divisor)
+    return x, g, _backends.get_backend(backend, "avgpool2d_fwd"), (bool(count_include_pad), divisor)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -471,7 +471,8 @@ def _adaptive_setup(x, output_size, backend, op):
     x = _shapes.float_array(x, "x", op, ndim=4)
     _shapes.check_positive_spatial(x, op)
     oh, ow = _shapes.adaptive_output_size(x.shape[2:], output_size, op)
-    return x, (x.shape[0], x.shape[1], oh, ow), _backends.get_backend(backend)
+    return x, (x.shape[0], x.shape[1], oh, ow), _backends.get_backend(backend,
+                                                                      "adaptive_avgpool2d_fwd")
 
 
 def adaptive_avg_pool2d(x, output_size, *, backend=None):

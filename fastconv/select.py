@@ -63,6 +63,15 @@ def choose_algorithm(geometry, requested, available, backend_name, op="conv2d"):
     return name
 
 
+# Below this many multiply-adds the im2col path's fixed cost (its workspace,
+# pinning BLAS to one thread) exceeds the whole direct convolution: measured
+# with fastconv bench-style timings on 2 cores (Xeon, AVX-512), where direct
+# won up to about 3e5 multiply-adds and im2col everywhere above.
+DIRECT_MAX_MACS = 200_000
+
+
 def auto_algorithm(geometry, available):
-    """The algorithm ``"auto"`` runs: im2col + BLAS unless the backend lacks it."""
+    """The algorithm ``"auto"`` runs: direct for tiny convolutions, else im2col + BLAS."""
+    if "direct" in available and geometry.macs <= DIRECT_MAX_MACS:
+        return "direct"
     return "im2col" if "im2col" in available else available[0]

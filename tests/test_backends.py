@@ -97,9 +97,21 @@ def test_thread_count_from_environment():
     assert out.stdout.strip() == "1", out.stderr
 
 
-def _geometry(kernel=3, stride=1, dilation=1):
-    x, w = np.zeros((1, 8, 16, 16)), np.zeros((8, 8, kernel, kernel))
+def _geometry(kernel=3, stride=1, dilation=1, channels=8, size=16):
+    x = np.zeros((1, channels, size, size))
+    w = np.zeros((channels, channels, kernel, kernel))
     return conv2d_geometry(x, w, None, stride, 1, dilation, 1)[3]
+
+
+def test_auto_picks_direct_only_for_tiny_convolutions():
+    from fastconv.select import DIRECT_MAX_MACS
+
+    tiny = _geometry(channels=3, size=8)
+    large = _geometry(channels=64, size=56)
+    assert tiny.macs <= DIRECT_MAX_MACS < large.macs
+    algos = ("im2col", "direct")
+    assert choose_algorithm(tiny, "auto", algos, "cython") == "direct"
+    assert choose_algorithm(large, "auto", algos, "cython") == "im2col"
 
 
 @pytest.mark.parametrize("requested,expected", [
@@ -118,8 +130,30 @@ def test_winograd_refuses_what_it_cannot_run(geometry):
 
 
 def test_auto_is_resolved_among_what_the_backend_has():
+    large = _geometry(channels=64, size=56)
+    assert choose_algorithm(large, "auto", ("im2col", "direct"), "cython") == "im2col"
     assert choose_algorithm(_geometry(), "auto", ("im2col",), "cython") == "im2col"
     assert choose_algorithm(_geometry(), "auto", ("direct",), "x") == "direct"
     with pytest.raises(ValueError, match="does not implement algorithm 'direct'"):
         choose_algorithm(_geometry(), "direct", ("im2col",), "cython")
     assert set(implemented(backends.get_backend("cython"))) >= {"im2col", "direct"}
+
+
+def test_default_is_the_fastest_backend_that_has_the_kernel(monkeypatch):
+    monkeypatch.delenv("FASTCONV_BACKEND", raising=False)
+    fc.set_backend(None)
+    assert backends.default_backend("conv2d_fwd_im2col") == "cython"
+    first_with_pooling = next(b for b in ("cython", "numba", "numpy")
+                              if hasattr(backends.get_backend(b), "maxpool2d_fwd"))
+    assert backends.default_backend("maxpool2d_fwd") == first_with_pooling
+
+
+def test_cold_start_imports_no_backend_it_does_not_use():
+    """``import fastconv`` and a first convolution load the Cython backend only (Numba's
+    import alone costs about half a second)."""
+    code = ("import sys, numpy as np, fastconv as fc; "
+            "fc.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)); "
+            "print('numba' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "FASTCONV_BACKEND"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -141,3 +141,37 @@ def test_empty_batch(backend, algo, dtype):
     assert y.shape == (0, 2, 6, 6) and y.dtype == dtype
     gx, gw, gb = fc.conv2d_backward(y, x, w, padding=1, algorithm=algo, backend=backend)
     assert gx.shape == x.shape and not gw.any() and not gb.any()
+
+
+def _design_layer_cases():
+    """DESIGN.md section 6 by name, on every compiled backend and algorithm; the plain
+    direct loops only on the layers they take well under a second for. Batches are
+    cut to 2 images (the batch-8 layer keeps its batched path)."""
+    from fastconv.bench import CONV_LAYERS
+    cases = []
+    for layer in CONV_LAYERS:
+        work = layer.c_in * layer.kernel[0] * layer.kernel[1] * layer.c_out
+        for backend, algo in backend_algorithms():
+            if backend == "numpy" or algo.startswith("winograd"):
+                continue
+            if algo == "direct" and work > 2 ** 17:
+                continue
+            cases.append(pytest.param(layer, backend, algo, id=f"{layer.name}-{backend}-{algo}"))
+    return cases
+
+
+@pytest.mark.parametrize("layer,backend,algo", _design_layer_cases())
+def test_design_layers_float32_against_float64_reference(layer, backend, algo):
+    x, w = layer.arrays(np.float64, seed=7)
+    x = x[:2]
+    kw = layer.kwargs()
+    b = np.linspace(-1, 1, layer.c_out)
+    y_ref = fc.conv2d(x, w, b, **kw, algorithm="im2col", backend="numpy")
+    dy = np.random.default_rng(8).standard_normal(y_ref.shape)
+    grads_ref = fc.conv2d_backward(dy, x, w, **kw, algorithm="im2col", backend="numpy")
+    f32 = [a.astype(np.float32) for a in (x, w, b, dy)]
+    y = fc.conv2d(*f32[:3], **kw, algorithm=algo, backend=backend)
+    assert rel_err(y, y_ref) <= TOLERANCE[np.float32, algo]
+    grads = fc.conv2d_backward(f32[3], f32[0], f32[1], **kw, algorithm=algo, backend=backend)
+    for name, got, ref in zip(("grad_x", "grad_weight", "grad_bias"), grads, grads_ref):
+        assert rel_err(got, ref) <= TOLERANCE[np.float32, algo], name

@@ -17,8 +17,9 @@ _MODULES = {
     "cython": "fastconv.backends.cython",
     "numba": "fastconv.backends.numba",
 }
-# fastest first; a backend joins this list once it implements every operation
-_PREFERENCE = ("numpy",)
+# fastest first: with no default set, an operation runs on the first of
+# these that has its kernel (the compiled backends have no pooling yet)
+_PREFERENCE = ("cython", "numba", "numpy")
 _HOW_TO_GET = {
     "numpy": "it is part of fastconv",
     "cython": "reinstall fastconv from source with a C compiler (pip install .)",
@@ -54,10 +55,14 @@ def available_backends():
     return [name for name in _MODULES if _load(name) is not None]
 
 
-def get_backend(name=None):
-    """The backend module called ``name``, or the default backend for ``None``."""
+def get_backend(name=None, kernel=None):
+    """The backend module called ``name``.
+
+    For ``None``: the default set by :func:`set_backend` or ``FASTCONV_BACKEND``,
+    else the fastest available backend that has ``kernel``.
+    """
     if name is None:
-        name = default_backend()
+        name = default_backend(kernel)
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string such as 'numpy', got {name!r}")
     if name not in _MODULES:
@@ -76,15 +81,16 @@ def backend_name(module):
     return next(name for name, path in _MODULES.items() if path == module.__name__)
 
 
-def default_backend():
-    """The name of the backend used when a call passes ``backend=None``."""
+def default_backend(kernel=None):
+    """The name of the backend a call with ``backend=None`` runs on (for ``kernel``)."""
     if _default is not None:
         return _default
     env = os.environ.get("FASTCONV_BACKEND")
     if env:
         get_backend(env)
         return env
-    return next(name for name in _PREFERENCE if _load(name) is not None)
+    return next(name for name in _PREFERENCE
+                if _load(name) is not None and (kernel is None or hasattr(_load(name), kernel)))
 
 
 def set_backend(name):
