@@ -252,44 +252,6 @@ cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
             yk[p] = yk[p] + b[k]
 
 
-cdef void _bwd_data_task(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] w,
-                         floating[:, :, :, ::1] dx, floating* cols, Py_ssize_t ld,
-                         Py_ssize_t n, Py_ssize_t g, Py_ssize_t oh0, Py_ssize_t rows,
-                         bint pointwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                         Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                         Py_ssize_t groups) noexcept nogil:
-    """dcols = W_g^T . dY_block, added back into dX, for one image, group and block of rows."""
-    cdef Py_ssize_t Cg = dx.shape[1] // groups, Kg = dy.shape[1] // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3], OHW = dy.shape[2] * dy.shape[3]
-    cdef Py_ssize_t OW = dy.shape[3]
-    if pointwise:
-        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
-              &dy[n, g * Kg, oh0, 0], OHW, 0, &dx[n, g * Cg, oh0, 0], HW)
-    else:
-        _gemm(True, False, CKK, rows * OW, Kg, 1, &w[g * Kg, 0, 0, 0], CKK,
-              &dy[n, g * Kg, oh0, 0], OHW, 0, cols, ld)
-        _col2im_block(cols, ld, dx, n, g * Cg, Cg, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-
-
-cdef void _bwd_weight_task(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                           floating* partial, floating* cols, Py_ssize_t ld,
-                           Py_ssize_t n, Py_ssize_t g, Py_ssize_t oh0, Py_ssize_t rows,
-                           bint pointwise, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
-                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
-                           Py_ssize_t dw, Py_ssize_t groups) noexcept nogil:
-    """partial[g*Kg:(g+1)*Kg] += dY_block . cols^T for one image, group and block of rows."""
-    cdef Py_ssize_t Cg = x.shape[1] // groups, Kg = dy.shape[1] // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t HW = x.shape[2] * x.shape[3], OHW = dy.shape[2] * dy.shape[3]
-    cdef Py_ssize_t OW = dy.shape[3]
-    if pointwise:
-        _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OHW,
-              &x[n, g * Cg, oh0, 0], HW, 1, partial + g * Kg * CKK, CKK)
-    else:
-        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-        _gemm(False, True, Kg, CKK, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OHW,
-              cols, ld, 1, partial + g * Kg * CKK, CKK)
-
-
 # Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
 # a fixed assignment, so that results do not depend on scheduling.
 
@@ -317,77 +279,106 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                           kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
+# The gradients go block by block over a lowered block shared by all threads,
+# in one parallel region per block: for the data gradient each thread takes a
+# share of the input channels (the rows of dcols = W_g^T . dY_block that
+# belong to them, then their col2im), for the weight gradient a share of the
+# lowered rows (it lowers them, then adds dY_block . rows^T into its columns
+# of dW). Each thread owns what it writes, with no partial sums, and every
+# thread is busy even on a 7x7 image.
+
+cdef inline Py_ssize_t _share(Py_ssize_t total, Py_ssize_t t, Py_ssize_t n_threads) noexcept nogil:
+    """Thread t of n_threads takes items [share(t), share(t+1)) of ``total``."""
+    return total * t // n_threads
+
+
 def conv2d_bwd_data_im2col(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, OW)
                            const floating[:, :, :, ::1] w,    # IN  (K, C/g, kh, kw)
                            floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
-                           floating[:, :, ::1] cols,          # workspace (threads, C/g*kh*kw, rows*OW)
+                           floating[:, ::1] cols,             # workspace (C/g*kh*kw, rows*OW)
                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                            Py_ssize_t groups, int n_threads):
-    """dX = col2im(W^T . dY), a task per image, group and block of output rows.
-
-    Neighbouring blocks add into overlapping input rows, so the even blocks
-    run first and the odd ones after: the caller makes a block at least
-    (kh-1)*dh/sh rows tall, so that blocks two apart never touch the same row.
-    """
-    cdef Py_ssize_t C = dx.shape[1], OH = dy.shape[2], ld = cols.shape[2]
-    cdef Py_ssize_t block = ld // dy.shape[3], n_blk = _ceil_div(OH, block)
-    cdef Py_ssize_t half = _ceil_div(n_blk, 2), n_tasks = dx.shape[0] * groups * half
-    cdef Py_ssize_t t, q, task, blk, parity, oh0, plane
-    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, dx.shape[2], dx.shape[3],
-                                        OH, dy.shape[3])
+    """dX = col2im(W^T . dY), per image, group and block of output rows; each thread
+    takes a share of the group's input channels."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw, K2 = kh * kw
+    cdef Py_ssize_t ld = cols.shape[1], block = ld // OW, n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t n, g, blk, oh0, rows, t, c0, c1, c, plane
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
     with nogil:
         if not pointwise:
-            for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
+            for plane in prange(N * C, schedule="static", num_threads=n_threads):
                 _zero_plane(dx, plane // C, plane % C)
-        for parity in range(2):
-            for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-                for q in range(_ceil_div(n_tasks - t, n_threads)):
-                    task = t + q * n_threads
-                    blk = task % half * 2 + parity
-                    if blk < n_blk:
-                        oh0 = blk * block
-                        _bwd_data_task(dy, w, dx, &cols[t, 0, 0], ld, task // (groups * half),
-                                       task // half % groups, oh0, min(block, OH - oh0),
-                                       pointwise, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+        for n in range(N):
+            for g in range(groups):
+                for blk in range(n_blk):
+                    oh0 = blk * block
+                    rows = min(block, OH - oh0)
+                    for t in prange(n_threads, schedule="static", chunksize=1,
+                                    num_threads=n_threads):
+                        c0 = _share(Cg, t, n_threads)
+                        c1 = _share(Cg, t + 1, n_threads)
+                        if c1 == c0:
+                            continue
+                        if pointwise:
+                            _gemm(True, False, c1 - c0, rows * OW, Kg, 1, &w[g * Kg, c0, 0, 0],
+                                  CKK, &dy[n, g * Kg, oh0, 0], OH * OW, 0,
+                                  &dx[n, g * Cg + c0, oh0, 0], H * W)
+                            continue
+                        _gemm(True, False, (c1 - c0) * K2, rows * OW, Kg, 1,
+                              &w[g * Kg, c0, 0, 0], CKK, &dy[n, g * Kg, oh0, 0], OH * OW, 0,
+                              &cols[c0 * K2, 0], ld)
+                        for c in range(c0, c1):
+                            _unlower_plane(&cols[c * K2, 0], ld, dx, n, g * Cg + c, oh0, rows,
+                                           OW, kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, OW)
                              const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                              floating[:, :, :, ::1] dw_,       # OUT (K, C/g, kh, kw)
-                             floating[:, :, ::1] cols,         # workspace (threads, C/g*kh*kw, rows*OW)
-                             floating[:, :, ::1] partial,      # workspace (threads, K, C/g*kh*kw)
+                             floating[:, ::1] cols,            # workspace (C/g*kh*kw, rows*OW)
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                              Py_ssize_t groups, int n_threads):
-    """dW_g = sum over tasks of dY_block . cols^T; thread t sums its tasks into
-    partial[t] (BLAS accumulating with beta=1), and the partial sums are added at the end."""
-    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], ld = cols.shape[2]
-    cdef Py_ssize_t CKK = x.shape[1] // groups * kh * kw
-    cdef Py_ssize_t block = ld // dy.shape[3], n_blk = _ceil_div(OH, block)
-    cdef Py_ssize_t n_tasks = x.shape[0] * groups * n_blk
-    cdef Py_ssize_t t, q, task, oh0, k, i
-    cdef floating total
-    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3],
-                                        OH, dy.shape[3])
+    """dW_g = sum over images and blocks of dY_block . cols^T (added into dW, zeroed
+    first, with beta = 1); each thread takes a share of the lowered rows, which are
+    its columns of dW_g."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw, K2 = kh * kw
+    cdef Py_ssize_t ld = cols.shape[1], block = ld // OW, n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t n, g, blk, oh0, rows, t, q0, q1, q, k, c, i, j
+    cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
     with nogil:
-        for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-            for k in range(K):
-                for i in range(CKK):
-                    partial[t, k, i] = 0
-            for q in range(_ceil_div(n_tasks - t, n_threads)):
-                task = t + q * n_threads
-                oh0 = task % n_blk * block
-                _bwd_weight_task(dy, x, &partial[t, 0, 0], &cols[t, 0, 0], ld,
-                                 task // (groups * n_blk), task // n_blk % groups, oh0,
-                                 min(block, OH - oh0), pointwise, kh, kw, sh, sw, pt, pl, dh, dw,
-                                 groups)
         for k in prange(K, schedule="static", num_threads=n_threads):
-            for i in range(CKK):
-                total = 0
-                for t in range(n_threads):
-                    total = total + partial[t, k, i]
-                dw_[k, i // (kh * kw), i // kw % kh, i % kw] = total
+            for c in range(Cg):
+                for i in range(kh):
+                    for j in range(kw):
+                        dw_[k, c, i, j] = 0
+        for n in range(N):
+            for g in range(groups):
+                for blk in range(n_blk):
+                    oh0 = blk * block
+                    rows = min(block, OH - oh0)
+                    for t in prange(n_threads, schedule="static", chunksize=1,
+                                    num_threads=n_threads):
+                        q0 = _share(CKK, t, n_threads)
+                        q1 = _share(CKK, t + 1, n_threads)
+                        if q1 == q0:
+                            continue
+                        if pointwise:
+                            _gemm(False, True, Kg, q1 - q0, rows * OW, 1, &dy[n, g * Kg, oh0, 0],
+                                  OH * OW, &x[n, g * Cg + q0, oh0, 0], H * W, 1,
+                                  &dw_[g * Kg, q0, 0, 0], CKK)
+                            continue
+                        for q in range(q0, q1):
+                            _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, &cols[q, 0],
+                                       oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+                        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, &dy[n, g * Kg, oh0, 0],
+                              OH * OW, &cols[q0, 0], ld, 1,
+                              &dw_[g * Kg, q0 // K2, q0 // kw % kh, q0 % kw], CKK)
 
 
 # ---------------------------------------------------------------------------

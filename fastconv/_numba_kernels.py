@@ -256,44 +256,6 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise,
             yf[_u(yk + p)] = yf[_u(yk + p)] + b[k]
 
 
-@njit
-def _bwd_data_task(dy, w, dx, cols, ld, n, g, oh0, rows, pointwise,
-                   kh, kw, sh, sw, pt, pl, dh, dw, groups):
-    """dcols = W_g^T . dY_block, added back into dX, for one image, group and block of rows."""
-    Cg, Kg = dx.shape[1] // groups, dy.shape[1] // groups
-    CKK = Cg * kh * kw
-    C, K, OW = dx.shape[1], dy.shape[1], dy.shape[3]
-    HW, OHW = dx.shape[2] * dx.shape[3], dy.shape[2] * dy.shape[3]
-    dyf, wf, dxf = dy.reshape(-1), w.reshape(-1), dx.reshape(-1)
-    dy0 = (n * K + g * Kg) * OHW + oh0 * OW
-    if pointwise:
-        _gemm(True, False, CKK, rows * OW, Kg, 1, wf, g * Kg * CKK, CKK,
-              dyf, dy0, OHW, 0, dxf, (n * C + g * Cg) * HW + oh0 * OW, HW)
-    else:
-        _gemm(True, False, CKK, rows * OW, Kg, 1, wf, g * Kg * CKK, CKK,
-              dyf, dy0, OHW, 0, cols, 0, ld)
-        _col2im_block(cols, ld, dx, n, g * Cg, Cg, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-
-
-@njit
-def _bwd_weight_task(dy, x, partial, cols, ld, n, g, oh0, rows, pointwise,
-                     kh, kw, sh, sw, pt, pl, dh, dw, groups):
-    """partial[g*Kg:(g+1)*Kg] += dY_block . cols^T for one image, group and block of rows."""
-    Cg, Kg = x.shape[1] // groups, dy.shape[1] // groups
-    CKK = Cg * kh * kw
-    C, K, W, OW = x.shape[1], dy.shape[1], x.shape[3], dy.shape[3]
-    HW, OHW = x.shape[2] * W, dy.shape[2] * OW
-    dyf, xf = dy.reshape(-1), x.reshape(-1)
-    dy0 = (n * K + g * Kg) * OHW + oh0 * OW
-    if pointwise:
-        _gemm(False, True, Kg, CKK, rows * OW, 1, dyf, dy0, OHW,
-              xf, (n * C + g * Cg) * HW + oh0 * W, HW, 1, partial, g * Kg * CKK, CKK)
-    else:
-        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-        _gemm(False, True, Kg, CKK, rows * OW, 1, dyf, dy0, OHW,
-              cols, 0, ld, 1, partial, g * Kg * CKK, CKK)
-
-
 # Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
 # a fixed assignment, so that results do not depend on scheduling.
 
@@ -318,69 +280,105 @@ def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
                       oh0, min(block, OH - oh0), pointwise, kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
+# The gradients go block by block over a lowered block shared by all threads,
+# in one parallel region per block: for the data gradient each thread takes a
+# share of the input channels (the rows of dcols = W_g^T . dY_block that
+# belong to them, then their col2im), for the weight gradient a share of the
+# lowered rows (it lowers them, then adds dY_block . rows^T into its columns
+# of dW). Each thread owns what it writes, with no partial sums, and every
+# thread is busy even on a 7x7 image.
+
+@njit
+def _share(total, t, n_threads):
+    """Thread t of n_threads takes items [share(t), share(t+1)) of ``total``."""
+    return total * t // n_threads
+
+
 @pnjit
 def conv2d_bwd_data_im2col(dy,    # IN  (N, K, OH, OW)
                            w,     # IN  (K, C/g, kh, kw)
                            dx,    # OUT (N, C, H, W)
-                           cols,  # workspace (threads, C/g*kh*kw, rows*OW)
+                           cols,  # workspace (C/g*kh*kw, rows*OW)
                            kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """dX = col2im(W^T . dY), a task per image, group and block of output rows.
-
-    Neighbouring blocks add into overlapping input rows, so the even blocks
-    run first and the odd ones after: the caller makes a block at least
-    (kh-1)*dh/sh rows tall, so that blocks two apart never touch the same row.
-    """
-    C, OH, ld = dx.shape[1], dy.shape[2], cols.shape[2]
-    block = ld // dy.shape[3]
+    """dX = col2im(W^T . dY), per image, group and block of output rows; each thread
+    takes a share of the group's input channels."""
+    N, C, H, W = dx.shape
+    K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    Cg, Kg = C // groups, K // groups
+    CKK, K2 = Cg * kh * kw, kh * kw
+    ld = cols.shape[1]
+    block = ld // OW
     n_blk = _ceil_div(OH, block)
-    half = _ceil_div(n_blk, 2)
-    n_tasks = dx.shape[0] * groups * half
-    pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, dx.shape[2], dx.shape[3], OH, dy.shape[3])
+    pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    dyf, wf, dxf, colsf = dy.reshape(-1), w.reshape(-1), dx.reshape(-1), cols.reshape(-1)
     if not pointwise:
-        for plane in prange(dx.shape[0] * C):
+        for plane in prange(N * C):
             _zero_plane(dx, plane // C, plane % C)
-    for parity in range(2):
-        for t in prange(n_threads):
-            slot = cols[t].reshape(-1)
-            for task in range(t, n_tasks, n_threads):
-                blk = task % half * 2 + parity
-                if blk < n_blk:
-                    oh0 = blk * block
-                    _bwd_data_task(dy, w, dx, slot, ld, task // (groups * half),
-                                   task // half % groups, oh0, min(block, OH - oh0),
-                                   pointwise, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+    for n in range(N):
+        for g in range(groups):
+            for blk in range(n_blk):
+                oh0 = blk * block
+                rows = min(block, OH - oh0)
+                dy0 = (n * K + g * Kg) * OH * OW + oh0 * OW
+                for t in prange(n_threads):
+                    c0 = _share(Cg, t, n_threads)
+                    c1 = _share(Cg, t + 1, n_threads)
+                    if c1 == c0:
+                        continue
+                    if pointwise:
+                        _gemm(True, False, c1 - c0, rows * OW, Kg, 1, wf, g * Kg * CKK + c0, CKK,
+                              dyf, dy0, OH * OW, 0,
+                              dxf, (n * C + g * Cg + c0) * H * W + oh0 * W, H * W)
+                        continue
+                    _gemm(True, False, (c1 - c0) * K2, rows * OW, Kg, 1,
+                          wf, g * Kg * CKK + c0 * K2, CKK, dyf, dy0, OH * OW, 0,
+                          colsf, c0 * K2 * ld, ld)
+                    for c in range(c0, c1):
+                        _unlower_plane(colsf, c * K2 * ld, ld, dx, n, g * Cg + c, oh0, rows,
+                                       OW, kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 @pnjit
-def conv2d_bwd_weight_im2col(dy,       # IN  (N, K, OH, OW)
-                             x,        # IN  (N, C, H, W)
-                             dw_,      # OUT (K, C/g, kh, kw)
-                             cols,     # workspace (threads, C/g*kh*kw, rows*OW)
-                             partial,  # workspace (threads, K, C/g*kh*kw)
+def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
+                             x,     # IN  (N, C, H, W)
+                             dw_,   # OUT (K, C/g, kh, kw)
+                             cols,  # workspace (C/g*kh*kw, rows*OW)
                              kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """dW_g = sum over tasks of dY_block . cols^T; thread t sums its tasks into
-    partial[t] (BLAS accumulating with beta=1), and the partial sums are added at the end."""
-    K, OH, ld = dy.shape[1], dy.shape[2], cols.shape[2]
-    CKK = x.shape[1] // groups * kh * kw
-    block = ld // dy.shape[3]
+    """dW_g = sum over images and blocks of dY_block . cols^T (added into dW, zeroed
+    first, with beta = 1); each thread takes a share of the lowered rows, which are
+    its columns of dW_g."""
+    N, C, H, W = x.shape
+    K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    Cg, Kg = C // groups, K // groups
+    CKK, K2 = Cg * kh * kw, kh * kw
+    ld = cols.shape[1]
+    block = ld // OW
     n_blk = _ceil_div(OH, block)
-    n_tasks = x.shape[0] * groups * n_blk
-    pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3], OH, dy.shape[3])
-    for t in prange(n_threads):
-        mine = partial[t].reshape(-1)
-        mine[:] = 0
-        slot = cols[t].reshape(-1)
-        for task in range(t, n_tasks, n_threads):
-            oh0 = task % n_blk * block
-            _bwd_weight_task(dy, x, mine, slot, ld, task // (groups * n_blk),
-                             task // n_blk % groups, oh0, min(block, OH - oh0), pointwise,
-                             kh, kw, sh, sw, pt, pl, dh, dw, groups)
+    pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    dyf, xf, dwf, colsf = dy.reshape(-1), x.reshape(-1), dw_.reshape(-1), cols.reshape(-1)
     for k in prange(K):
-        for i in range(CKK):
-            total = dw_.dtype.type(0)
-            for t in range(n_threads):
-                total = total + partial[t, k, i]
-            dw_[k, i // (kh * kw), i // kw % kh, i % kw] = total
+        dwf[k * CKK:(k + 1) * CKK] = 0
+    for n in range(N):
+        for g in range(groups):
+            for blk in range(n_blk):
+                oh0 = blk * block
+                rows = min(block, OH - oh0)
+                dy0 = (n * K + g * Kg) * OH * OW + oh0 * OW
+                for t in prange(n_threads):
+                    q0 = _share(CKK, t, n_threads)
+                    q1 = _share(CKK, t + 1, n_threads)
+                    if q1 == q0:
+                        continue
+                    if pointwise:
+                        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, dyf, dy0, OH * OW,
+                              xf, (n * C + g * Cg + q0) * H * W + oh0 * W, H * W, 1,
+                              dwf, g * Kg * CKK + q0, CKK)
+                        continue
+                    for q in range(q0, q1):
+                        _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, colsf, q * ld,
+                                   oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+                    _gemm(False, True, Kg, q1 - q0, rows * OW, 1, dyf, dy0, OH * OW,
+                          colsf, q0 * ld, ld, 1, dwf, g * Kg * CKK + q0, CKK)
 
 
 # ---------------------------------------------------------------------------

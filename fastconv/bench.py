@@ -83,15 +83,16 @@ POOL_LAYERS = [
 ]
 
 
-def best_times(fns, rounds=5, max_time=3.0, pause=0.005):
+def best_times(fns, rounds=5, max_time=3.0, pause=0.1):
     """Best wall time of each callable, measured in interleaved rounds.
 
     Every round times each callable once, so that a disturbance from the rest
     of a shared machine hits all of them alike; the best of the rounds is the
-    run least disturbed. A short pause before each run lets the thread pools
-    of the previous one (OpenMP, BLAS and PyTorch threads spin for a while
-    after their last task) go to sleep. A callable stops being timed once it
-    has used ``max_time`` seconds.
+    run least disturbed. A pause before each run lets the thread pools of the
+    previous one go to sleep: OpenMP and PyTorch threads spin for a while
+    after their last task, OpenBLAS's (which the NumPy backend uses) for about
+    0.1 s, and a spinning pool steals the next run's cores. A callable stops
+    being timed once it has used ``max_time`` seconds.
     """
     best = [float("inf")] * len(fns)
     spent = [0.0] * len(fns)

@@ -31,25 +31,25 @@ def set_workspace_limit(nbytes):
     _limit = nbytes
 
 
-def block_rows(n_images, groups, ckk, oh, ow, itemsize, n_threads, min_rows=1):
-    """Output rows per block: cache-sized, at least ``min_rows``, and small enough
-    that every thread gets a block when there are few images."""
-    row_bytes = max(ckk * ow * itemsize, 1)
-    rows = min(CACHE_BLOCK, _limit // n_threads) // row_bytes
-    tasks_per_image = -(-n_threads // max(n_images * groups, 1))
-    rows = min(rows, -(-oh // tasks_per_image))
-    return max(1, min_rows, min(rows, oh))
+def im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, shared=False):
+    """Uninitialised lowering buffers for a convolution with weights ``w`` and output
+    (or output gradient) ``y_or_dy``: one (C/g*kh*kw, rows*OW) block per thread,
+    as (threads, C/g*kh*kw, rows*OW), or one block that the threads share.
 
-
-def im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, min_rows=1):
-    """Uninitialised per-thread buffers (threads, C/g*kh*kw, rows*OW) for a convolution
-    with weights ``w`` and output (or output gradient) ``y_or_dy``.
-
+    A per-thread block is cache-sized and small enough that every thread gets
+    one when there are few images; a shared block is as large as the caches of
+    all threads together.
     ``np.empty`` does not touch the pages, so a kernel that needs no lowering
     (a 1x1 stride-1 convolution) pays nothing for them.
     """
     n, _, oh, ow = y_or_dy.shape
     ckk = w.shape[1] * kh * kw
-    rows = block_rows(n, groups, ckk, oh, ow, w.dtype.itemsize, n_threads, min_rows)
+    row_bytes = max(ckk * ow * w.dtype.itemsize, 1)
+    if shared:
+        rows = min(CACHE_BLOCK * n_threads, _limit) // row_bytes
+        return np.empty((ckk, max(1, min(rows, oh)) * ow), dtype=w.dtype)
+    rows = min(CACHE_BLOCK, _limit // n_threads) // row_bytes
+    tasks_per_image = -(-n_threads // max(n * groups, 1))
+    rows = max(1, min(rows, -(-oh // tasks_per_image), oh))
     return np.empty((n_threads, ckk, rows * ow), dtype=w.dtype)
 

@@ -7,8 +7,6 @@ compiled functions themselves.
 
 import os
 
-import numpy as np
-
 # After a parallel region, libgomp's threads spin for GOMP_SPINCOUNT iterations
 # (300,000 by default) before they sleep. On a machine with as many threads as
 # cores, that spinning steals the cores BLAS's own threads need next: on 2
@@ -43,16 +41,14 @@ def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_thre
 
 
 def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    # blocks two apart must not add into the same input row (see the kernel)
-    cols = im2col_workspace(w, dy, kh, kw, groups, n_threads, min_rows=-(-(kh - 1) * dh // sh))
+    cols = im2col_workspace(w, dy, kh, kw, groups, n_threads, shared=True)
     with single_threaded_blas():
         _kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
                                         n_threads)
 
 
 def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    cols = im2col_workspace(dw_, dy, kh, kw, groups, n_threads)
-    partial = np.empty((n_threads,) + (dw_.shape[0], cols.shape[1]), dtype=dw_.dtype)
+    cols = im2col_workspace(dw_, dy, kh, kw, groups, n_threads, shared=True)
     with single_threaded_blas():
-        _kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, partial, kh, kw, sh, sw, pt, pl,
-                                          dh, dw, groups, n_threads)
+        _kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, kh, kw, sh, sw, pt, pl, dh, dw,
+                                          groups, n_threads)
