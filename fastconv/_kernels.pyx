@@ -506,3 +506,184 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
                                 for ow in range(ow0, ow1):
                                     acc = acc + dy[n, k, oh, ow] * x[n, g * Cg + c, ih, ow * sw + iw0]
                             dw_[k, c, i, j] += acc
+
+
+# ---------------------------------------------------------------------------
+# Winograd F(m x m, 3 x 3)
+# ---------------------------------------------------------------------------
+# Lavin & Gray (arXiv 1509.09308); the matrices come from fastconv/winograd.py.
+# Output tile (tr, tc) covers rows tr*m .. tr*m+m-1 and reads the alpha x alpha
+# input tile at the same corner of the padded input. A task is one image, group
+# and run of T consecutive tiles (raster order), in three parallel phases over
+# workspaces the threads share:
+#   1. input transform    V[a*alpha+b, c, tile] = (B^T d B)[a, b]   (threads split c)
+#   2. alpha^2 GEMMs      M[ab] (Kg x T) = U[g, ab] (Kg x Cg) . V[ab] (Cg x T)   (split ab)
+#   3. output transform   Y tile = A^T M A + bias, cut at the output's edge   (split k)
+# Splitting channels and GEMMs rather than tiles keeps every thread busy on a
+# 7x7 map, which has 4 tiles of F(4x4).
+# The transforms work on TV tiles at once, the innermost loop running over
+# them, so that the compiler vectorises the small matrix products; a zero
+# coefficient of B^T or A^T is skipped.
+
+cdef enum:
+    TV = 16         # tiles transformed together, the vector lanes
+    ALPHA_MAX = 8   # alpha of F(6x6, 3x3)
+
+WINOGRAD_LANES = TV
+
+
+cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
+                          Py_ssize_t n_c, const floating[:, ::1] bt, floating* v,
+                          Py_ssize_t plane, Py_ssize_t ld, Py_ssize_t tile0, Py_ssize_t nt,
+                          Py_ssize_t tiles_w, Py_ssize_t m, Py_ssize_t pt,
+                          Py_ssize_t pl) noexcept nogil:
+    """v[(a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c."""
+    cdef floating d[ALPHA_MAX][ALPHA_MAX][TV]
+    cdef floating tmp[ALPHA_MAX][ALPHA_MAX][TV]
+    cdef Py_ssize_t ih0[TV]
+    cdef Py_ssize_t iw0[TV]
+    cdef Py_ssize_t alpha = bt.shape[0], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t c, g0, l0, l, r, s, a, b2, ih, iw
+    cdef floating coef
+    for g0 in range(_ceil_div(nt, TV)):
+        l0 = g0 * TV
+        # corner of each lane's input tile; a lane past the last tile reads nothing
+        for l in range(TV):
+            ih0[l] = (tile0 + l0 + l) // tiles_w * m - pt if l0 + l < nt else -ALPHA_MAX - H
+            iw0[l] = (tile0 + l0 + l) % tiles_w * m - pl
+        for c in range(n_c):
+            # gather the input tiles, zero outside the input
+            for r in range(alpha):
+                for s in range(alpha):
+                    for l in range(TV):
+                        ih = ih0[l] + r
+                        iw = iw0[l] + s
+                        if 0 <= ih < H and 0 <= iw < W:
+                            d[r][s][l] = x[n, c0 + c, ih, iw]
+                        else:
+                            d[r][s][l] = 0
+            # tmp = B^T d
+            for a in range(alpha):
+                for s in range(alpha):
+                    for l in range(TV):
+                        tmp[a][s][l] = 0
+                for r in range(alpha):
+                    coef = bt[a, r]
+                    if coef != 0:
+                        for s in range(alpha):
+                            for l in range(TV):
+                                tmp[a][s][l] += coef * d[r][s][l]
+            # V = tmp B, scattered to the GEMM layout
+            for a in range(alpha):
+                for b2 in range(alpha):
+                    for l in range(TV):
+                        d[a][b2][l] = 0
+                    for s in range(alpha):
+                        coef = bt[b2, s]
+                        if coef != 0:
+                            for l in range(TV):
+                                d[a][b2][l] += tmp[a][s][l] * coef
+                    for l in range(min(TV, nt - l0)):
+                        v[(a * alpha + b2) * plane + c * ld + l0 + l] = d[a][b2][l]
+
+
+cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
+                           floating[:, :, :, ::1] y, const floating[::1] bias, Py_ssize_t n,
+                           Py_ssize_t k0, Py_ssize_t n_k, const floating[:, ::1] at,
+                           Py_ssize_t tile0, Py_ssize_t nt, Py_ssize_t tiles_w) noexcept nogil:
+    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, M[a, b] = mm[(a*alpha + b)*plane + k*ld + l]."""
+    cdef floating mv[ALPHA_MAX][ALPHA_MAX][TV]
+    cdef floating tmp[ALPHA_MAX][ALPHA_MAX][TV]
+    cdef Py_ssize_t oh0[TV]
+    cdef Py_ssize_t ow0[TV]
+    cdef Py_ssize_t m = at.shape[0], alpha = at.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t k, g0, l0, l, a, b2, i, j, oh, ow, nl
+    cdef floating coef
+    for g0 in range(_ceil_div(nt, TV)):
+        l0 = g0 * TV
+        nl = min(TV, nt - l0)
+        for l in range(TV):
+            oh0[l] = (tile0 + l0 + l) // tiles_w * m
+            ow0[l] = (tile0 + l0 + l) % tiles_w * m
+        for k in range(n_k):
+            for a in range(alpha):
+                for b2 in range(alpha):
+                    for l in range(nl):
+                        mv[a][b2][l] = mm[(a * alpha + b2) * plane + k * ld + l0 + l]
+                    for l in range(nl, TV):
+                        mv[a][b2][l] = 0
+            # tmp = A^T M
+            for i in range(m):
+                for b2 in range(alpha):
+                    for l in range(TV):
+                        tmp[i][b2][l] = 0
+                for a in range(alpha):
+                    coef = at[i, a]
+                    if coef != 0:
+                        for b2 in range(alpha):
+                            for l in range(TV):
+                                tmp[i][b2][l] += coef * mv[a][b2][l]
+            # Y = tmp A + bias
+            for i in range(m):
+                for j in range(m):
+                    for l in range(TV):
+                        mv[i][j][l] = bias[k0 + k]
+                    for b2 in range(alpha):
+                        coef = at[j, b2]
+                        if coef != 0:
+                            for l in range(TV):
+                                mv[i][j][l] += tmp[i][b2][l] * coef
+            for l in range(nl):
+                for i in range(m):
+                    oh = oh0[l] + i
+                    if oh < OH:
+                        for j in range(m):
+                            ow = ow0[l] + j
+                            if ow < OW:
+                                y[n, k0 + k, oh, ow] = mv[i][j][l]
+
+
+def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
+                        const floating[:, :, :, ::1] u,     # IN  (groups, alpha^2, Kg, Cg): G g G^T
+                        const floating[::1] b,              # IN  (K,)
+                        floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
+                        const floating[:, ::1] bt,          # IN  (alpha, alpha): B^T
+                        const floating[:, ::1] at,          # IN  (m, alpha): A^T
+                        floating[:, ::1] v,                 # workspace (alpha^2*Cg, T)
+                        floating[:, ::1] mm,                # workspace (alpha^2*Kg, T)
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                        Py_ssize_t groups, int n_threads):
+    """Y = A^T [ U (.) (B^T d B) ] A + b on every tile (3x3, stride 1, dilation 1; pt and
+    pl may be negative, which crops, as the data gradient needs).
+
+    Per image, group and run of T tiles, three parallel phases: the threads
+    split the input channels of the input transform, then the alpha^2 GEMMs,
+    then the output channels of the output transform.
+    """
+    cdef Py_ssize_t m = at.shape[0], alpha2 = u.shape[1], Kg = u.shape[2], Cg = u.shape[3]
+    cdef Py_ssize_t T = v.shape[1]
+    cdef Py_ssize_t tiles_w = _ceil_div(y.shape[3], m)
+    cdef Py_ssize_t n_tiles = _ceil_div(y.shape[2], m) * tiles_w
+    cdef Py_ssize_t n, g, run, tile0, nt, t, ab, c0, c1, k0, k1
+    with nogil:
+        for n in range(x.shape[0]):
+            for g in range(groups):
+                for run in range(_ceil_div(n_tiles, T)):
+                    tile0 = run * T
+                    nt = min(T, n_tiles - tile0)
+                    for t in prange(n_threads, schedule="static", chunksize=1,
+                                    num_threads=n_threads):
+                        c0 = _share(Cg, t, n_threads)
+                        c1 = _share(Cg, t + 1, n_threads)
+                        _winograd_input(x, n, g * Cg + c0, c1 - c0, bt, &v[c0, 0], Cg * T, T,
+                                        tile0, nt, tiles_w, m, pt, pl)
+                    for ab in prange(alpha2, schedule="static", num_threads=n_threads):
+                        _gemm(False, False, Kg, nt, Cg, 1, &u[g, ab, 0, 0], Cg,
+                              &v[ab * Cg, 0], T, 0, &mm[ab * Kg, 0], T)
+                    for t in prange(n_threads, schedule="static", chunksize=1,
+                                    num_threads=n_threads):
+                        k0 = _share(Kg, t, n_threads)
+                        k1 = _share(Kg, t + 1, n_threads)
+                        _winograd_output(&mm[k0, 0], Kg * T, T, y, b, n, g * Kg + k0, k1 - k0, at,
+                                         tile0, nt, tiles_w)

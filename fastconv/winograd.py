@@ -84,3 +84,60 @@ class Transforms:
 
 
 TRANSFORMS = {m: Transforms(m) for m in POINTS}
+
+
+# ---------------------------------------------------------------------------
+# Filter transform U = G g G^T, cached
+# ---------------------------------------------------------------------------
+
+def filter_transform(w, m, groups, rotated=False):
+    """``U[g, a*alpha + b, k, c] = (G w[g*Kg + k, c] G^T)[a, b]``, as (groups, alpha^2, Kg, Cg).
+
+    With ``rotated``, the weights of the data gradient instead: each group's
+    input and output channels swapped and the kernel rotated 180 degrees, so
+    that ``dL/dX`` is a Winograd forward pass over ``dL/dY``.
+    """
+    k, c_per_group = w.shape[:2]
+    if rotated:
+        wg = w.reshape(groups, k // groups, c_per_group, R, R)
+        w = np.swapaxes(wg, 1, 2)[:, :, :, ::-1, ::-1].reshape(groups * c_per_group, k // groups,
+                                                                R, R)
+        k, c_per_group = w.shape[:2]
+    g_mat = TRANSFORMS[m].matrices(w.dtype)[0]
+    alpha = m + R - 1
+    # (G g G^T)[a, b] = sum_ij G[a, i] G[b, j] g[i, j]: one matrix product of
+    # kron(G, G) (alpha^2 x 9) with every filter as a column, which BLAS does
+    # an order of magnitude faster than 2 x K x C small products
+    u = np.kron(g_mat, g_mat) @ w.reshape(k * c_per_group, R * R).T
+    u = u.reshape(alpha * alpha, groups, k // groups, c_per_group)
+    return np.ascontiguousarray(u.transpose(1, 0, 2, 3))
+
+
+class FilterCache:
+    """Filter transforms of recently used weights.
+
+    A layer in inference runs the same weights again and again; their
+    transform is computed once. An entry is found by the weight array's
+    identity and used only if the array still holds exactly the values it was
+    computed from (a compare against a saved copy, far cheaper than the
+    transform), so a weight changed in place never meets a stale transform.
+    """
+
+    def __init__(self, size=64):
+        self.size = size
+        self._entries = {}
+
+    def get(self, w, m, groups, rotated=False):
+        key = (id(w), w.shape, w.dtype.str, m, groups, rotated)
+        entry = self._entries.pop(key, None)
+        if entry is not None and np.array_equal(entry[0], w):
+            self._entries[key] = entry          # most recently used last
+            return entry[1]
+        u = filter_transform(w, m, groups, rotated)
+        self._entries[key] = (w.copy(), u)
+        while len(self._entries) > self.size:
+            self._entries.pop(next(iter(self._entries)))
+        return u
+
+
+FILTERS = FilterCache()

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 CACHE_BLOCK = 1 << 20
+WINOGRAD_TILES = 256
 _limit = int(float(os.environ.get("FASTCONV_WORKSPACE_MB", "64")) * (1 << 20))
 
 
@@ -53,3 +54,18 @@ def im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, shared=False):
     rows = max(1, min(rows, -(-oh // tasks_per_image), oh))
     return np.empty((n_threads, ckk, rows * ow), dtype=w.dtype)
 
+
+
+def winograd_workspace(alpha, c_per_group, k_per_group, n_tiles, dtype, lanes):
+    """Buffers of the Winograd kernels for runs of T tiles, shared by the threads:
+    V (alpha^2*Cg, T) and M (alpha^2*Kg, T).
+
+    T is a multiple of ``lanes`` (the tiles a transform handles at once), at
+    most ``WINOGRAD_TILES`` and the tiles there are, and smaller when V and M
+    would pass the workspace limit.
+    """
+    tile_bytes = alpha * alpha * (c_per_group + k_per_group) * np.dtype(dtype).itemsize
+    t = min(WINOGRAD_TILES, _limit // tile_bytes, -(-n_tiles // lanes) * lanes)
+    t = max(1, t // lanes) * lanes
+    return (np.empty((alpha * alpha * c_per_group, t), dtype=dtype),
+            np.empty((alpha * alpha * k_per_group, t), dtype=dtype))

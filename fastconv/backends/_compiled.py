@@ -1,0 +1,70 @@
+"""The backend interface of the compiled kernels, shared by the Cython and Numba backends.
+
+The compiled kernels take their workspaces as arguments and call BLAS from
+their own threads; these wrappers size the workspaces (``_workspace.py``),
+fetch cached Winograd filter transforms, and pin BLAS to one thread around
+the call. ``kernels`` is ``fastconv._kernels`` or ``fastconv._numba_kernels``:
+the two expose the same names and arguments.
+"""
+
+import numpy as np
+
+from ..winograd import FILTERS, R, TRANSFORMS
+from . import single_threaded_blas
+from ._workspace import im2col_workspace, winograd_workspace
+
+
+def im2col_convolutions(kernels):
+    """``(conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col)``."""
+
+    def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+        cols = im2col_workspace(w, y, kh, kw, groups, n_threads)
+        with single_threaded_blas():
+            kernels.conv2d_fwd_im2col(x, w, b, y, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                      n_threads)
+
+    def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+        cols = im2col_workspace(w, dy, kh, kw, groups, n_threads, shared=True)
+        with single_threaded_blas():
+            kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, kh, kw, sh, sw, pt, pl, dh, dw,
+                                           groups, n_threads)
+
+    def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+        cols = im2col_workspace(dw_, dy, kh, kw, groups, n_threads, shared=True)
+        with single_threaded_blas():
+            kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, kh, kw, sh, sw, pt, pl, dh, dw,
+                                             groups, n_threads)
+
+    return conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col
+
+
+def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
+    """``(conv2d_fwd_winograd<m>, conv2d_bwd_data_winograd<m>, conv2d_bwd_weight_winograd<m>)``.
+
+    The data gradient of a 3x3 stride-1 convolution is a Winograd forward pass
+    over dL/dY with the rotated, channel-swapped weights and padding 2 - p (a
+    negative one crops). The weight gradient correlates X with dL/dY, a large
+    "kernel" that Winograd's small tiles do not fit: im2col does it.
+    """
+    alpha = m + R - 1
+
+    def run(x, u, b, y, pt, pl, groups, n_threads):
+        _, bt, at = TRANSFORMS[m].matrices(x.dtype)
+        tiles = -(-y.shape[2] // m) * -(-y.shape[3] // m)
+        v, mm = winograd_workspace(alpha, u.shape[3], u.shape[2], tiles, x.dtype,
+                                   kernels.WINOGRAD_LANES)
+        with single_threaded_blas():
+            kernels.conv2d_fwd_winograd(x, u, b, y, bt, at, v, mm, R, R, 1, 1, pt, pl, 1, 1,
+                                        groups, n_threads)
+
+    def forward(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+        run(x, FILTERS.get(w, m, groups), b, y, pt, pl, groups, n_threads)
+
+    def backward_data(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+        u = FILTERS.get(w, m, groups, rotated=True)
+        run(dy, u, np.zeros(dx.shape[1], dx.dtype), dx, R - 1 - pt, R - 1 - pl, groups,
+            n_threads)
+
+    forward.__name__ = f"conv2d_fwd_winograd{m}"
+    backward_data.__name__ = f"conv2d_bwd_data_winograd{m}"
+    return forward, backward_data, conv2d_bwd_weight_im2col
