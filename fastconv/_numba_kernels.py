@@ -501,3 +501,174 @@ def conv2d_bwd_weight_direct(dy,   # IN  (N, K, OH, OW)
                             for ow in range(ow0, ow1):
                                 acc = acc + dyrow[_u(ow)] * xrow[_u(ow * sw + iw0)]
                         dw_[k, c, i, j] += acc
+
+
+# ---------------------------------------------------------------------------
+# Winograd F(m x m, 3 x 3)
+# ---------------------------------------------------------------------------
+# Lavin & Gray (arXiv 1509.09308); the matrices come from fastconv/winograd.py.
+# Output tile (tr, tc) covers rows tr*m .. tr*m+m-1 and reads the alpha x alpha
+# input tile at the same corner of the padded input. A task is one image, group
+# and run of T consecutive tiles (raster order), in three parallel phases over
+# workspaces the threads share:
+#   1. input transform    V[a*alpha+b, c, tile] = (B^T d B)[a, b]   (threads split c)
+#   2. alpha^2 GEMMs      M[ab] (Kg x T) = U[g, ab] (Kg x Cg) . V[ab] (Cg x T)   (split ab)
+#   3. output transform   Y tile = A^T M A + bias, cut at the output's edge   (split k)
+# Splitting channels and GEMMs rather than tiles keeps every thread busy on a
+# 7x7 map, which has 4 tiles of F(4x4).
+# The transforms work on TV tiles at once, the innermost loop running over
+# them, so that the compiler vectorises the small matrix products; a zero
+# coefficient of B^T or A^T is skipped. (Their scratch arrays d, tmp come from
+# the caller: Numba has no stack arrays.)
+
+TV = 16         # tiles transformed together, the vector lanes
+ALPHA_MAX = 8   # alpha of F(6x6, 3x3)
+WINOGRAD_LANES = TV
+
+
+@njit
+def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, pt, pl,
+                    d, tmp, ih0, iw0):
+    """v[v0 + (a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c."""
+    alpha, H, W = bt.shape[0], x.shape[2], x.shape[3]
+    for g0 in range(_ceil_div(nt, TV)):
+        l0 = g0 * TV
+        # corner of each lane's input tile; a lane past the last tile reads nothing
+        for l in range(TV):
+            ih0[l] = (tile0 + l0 + l) // tiles_w * m - pt if l0 + l < nt else -ALPHA_MAX - H
+            iw0[l] = (tile0 + l0 + l) % tiles_w * m - pl
+        for c in range(n_c):
+            plane_x = x[n, c0 + c]
+            # gather the input tiles, zero outside the input
+            for r in range(alpha):
+                for s in range(alpha):
+                    for l in range(TV):
+                        ih = ih0[l] + r
+                        iw = iw0[l] + s
+                        if 0 <= ih < H and 0 <= iw < W:
+                            d[r, s, l] = plane_x[_u(ih), _u(iw)]
+                        else:
+                            d[r, s, l] = 0
+            # tmp = B^T d
+            for a in range(alpha):
+                for s in range(alpha):
+                    for l in range(TV):
+                        tmp[a, s, l] = 0
+                for r in range(alpha):
+                    coef = bt[a, r]
+                    if coef != 0:
+                        for s in range(alpha):
+                            for l in range(TV):
+                                tmp[a, s, l] += coef * d[r, s, l]
+            # V = tmp B, scattered to the GEMM layout
+            for a in range(alpha):
+                for b2 in range(alpha):
+                    for l in range(TV):
+                        d[a, b2, l] = 0
+                    for s in range(alpha):
+                        coef = bt[b2, s]
+                        if coef != 0:
+                            for l in range(TV):
+                                d[a, b2, l] += tmp[a, s, l] * coef
+                    for l in range(min(TV, nt - l0)):
+                        v[_u(v0 + (a * alpha + b2) * plane + c * ld + l0 + l)] = d[a, b2, l]
+
+
+@njit
+def _winograd_output(mm, mm0, plane, ld, y, bias, n, k0, n_k, at, tile0, nt, tiles_w,
+                     mv, tmp, oh0, ow0):
+    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, M[a, b] = mm[mm0 + (a*alpha + b)*plane + k*ld + l]."""
+    m, alpha, OH, OW = at.shape[0], at.shape[1], y.shape[2], y.shape[3]
+    for g0 in range(_ceil_div(nt, TV)):
+        l0 = g0 * TV
+        nl = min(TV, nt - l0)
+        for l in range(TV):
+            oh0[l] = (tile0 + l0 + l) // tiles_w * m
+            ow0[l] = (tile0 + l0 + l) % tiles_w * m
+        for k in range(n_k):
+            for a in range(alpha):
+                for b2 in range(alpha):
+                    for l in range(nl):
+                        mv[a, b2, l] = mm[_u(mm0 + (a * alpha + b2) * plane + k * ld + l0 + l)]
+                    for l in range(nl, TV):
+                        mv[a, b2, l] = 0
+            # tmp = A^T M
+            for i in range(m):
+                for b2 in range(alpha):
+                    for l in range(TV):
+                        tmp[i, b2, l] = 0
+                for a in range(alpha):
+                    coef = at[i, a]
+                    if coef != 0:
+                        for b2 in range(alpha):
+                            for l in range(TV):
+                                tmp[i, b2, l] += coef * mv[a, b2, l]
+            # Y = tmp A + bias
+            for i in range(m):
+                for j in range(m):
+                    for l in range(TV):
+                        mv[i, j, l] = bias[k0 + k]
+                    for b2 in range(alpha):
+                        coef = at[j, b2]
+                        if coef != 0:
+                            for l in range(TV):
+                                mv[i, j, l] += tmp[i, b2, l] * coef
+            out = y[n, k0 + k]
+            for l in range(nl):
+                for i in range(m):
+                    oh = oh0[l] + i
+                    if oh < OH:
+                        for j in range(m):
+                            ow = ow0[l] + j
+                            if ow < OW:
+                                out[_u(oh), _u(ow)] = mv[i, j, l]
+
+
+@pnjit
+def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
+                        u,    # IN  (groups, alpha^2, Kg, Cg): G g G^T
+                        b,    # IN  (K,)
+                        y,    # OUT (N, K, OH, OW)
+                        bt,   # IN  (alpha, alpha): B^T
+                        at,   # IN  (m, alpha): A^T
+                        v,    # workspace (alpha^2*Cg, T)
+                        mm,   # workspace (alpha^2*Kg, T)
+                        kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """Y = A^T [ U (.) (B^T d B) ] A + b on every tile (3x3, stride 1, dilation 1; pt and
+    pl may be negative, which crops, as the data gradient needs).
+
+    Per image, group and run of T tiles, three parallel phases: the threads
+    split the input channels of the input transform, then the alpha^2 GEMMs,
+    then the output channels of the output transform.
+    """
+    m, alpha2, Kg, Cg = at.shape[0], u.shape[1], u.shape[2], u.shape[3]
+    T = v.shape[1]
+    tiles_w = _ceil_div(y.shape[3], m)
+    n_tiles = _ceil_div(y.shape[2], m) * tiles_w
+    uf, vf, mmf = u.reshape(-1), v.reshape(-1), mm.reshape(-1)
+    for n in range(x.shape[0]):
+        for g in range(groups):
+            for run in range(_ceil_div(n_tiles, T)):
+                tile0 = run * T
+                nt = min(T, n_tiles - tile0)
+                for t in prange(n_threads):
+                    c0 = _share(Cg, t, n_threads)
+                    c1 = _share(Cg, t + 1, n_threads)
+                    d = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
+                    tmp = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
+                    ih0 = np.empty(TV, np.int64)
+                    iw0 = np.empty(TV, np.int64)
+                    _winograd_input(x, n, g * Cg + c0, c1 - c0, bt, vf, c0 * T, Cg * T, T,
+                                    tile0, nt, tiles_w, m, pt, pl, d, tmp, ih0, iw0)
+                for ab in prange(alpha2):
+                    _gemm(False, False, Kg, nt, Cg, 1, uf, (g * alpha2 + ab) * Kg * Cg, Cg,
+                          vf, ab * Cg * T, T, 0, mmf, ab * Kg * T, T)
+                for t in prange(n_threads):
+                    k0 = _share(Kg, t, n_threads)
+                    k1 = _share(Kg, t + 1, n_threads)
+                    mv = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
+                    tmp = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
+                    oh0 = np.empty(TV, np.int64)
+                    ow0 = np.empty(TV, np.int64)
+                    _winograd_output(mmf, k0 * T, Kg * T, T, y, b, n, g * Kg + k0, k1 - k0, at,
+                                     tile0, nt, tiles_w, mv, tmp, oh0, ow0)
