@@ -70,8 +70,26 @@ def choose_algorithm(geometry, requested, available, backend_name, op="conv2d"):
 DIRECT_MAX_MACS = 200_000
 
 
+# Winograd pays when its transforms are amortised over enough channels and
+# its GEMMs get enough tiles: measured (fastconv bench, 2 cores, Cython) on the
+# 3x3 layers of DESIGN.md, F(4x4) beat im2col from 32 input channels on maps
+# of at least 28x28, F(6x6) on maps of at least 112x112 (VGG-16 conv1_2), and
+# neither on 14x14 and 7x7 maps, where im2col stayed fastest.
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_PIXELS = 28 * 28
+WINOGRAD6_MIN_PIXELS = 112 * 112
+
+
 def auto_algorithm(geometry, available):
-    """The algorithm ``"auto"`` runs: direct for tiny convolutions, else im2col + BLAS."""
-    if "direct" in available and geometry.macs <= DIRECT_MAX_MACS:
+    """The algorithm ``"auto"`` runs: direct for tiny convolutions, Winograd for 3x3
+    stride-1 layers with enough channels and pixels, else im2col + BLAS."""
+    g = geometry
+    if "direct" in available and g.macs <= DIRECT_MAX_MACS:
         return "direct"
+    pixels = g.oh * g.ow
+    if (winograd_applicable(g) and g.c_in // g.groups >= WINOGRAD_MIN_CHANNELS
+            and pixels >= WINOGRAD_MIN_PIXELS):
+        tile = "winograd6" if pixels >= WINOGRAD6_MIN_PIXELS else "winograd4"
+        if tile in available:
+            return tile
     return "im2col" if "im2col" in available else available[0]

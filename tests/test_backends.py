@@ -114,6 +114,22 @@ def test_auto_picks_direct_only_for_tiny_convolutions():
     assert choose_algorithm(large, "auto", algos, "cython") == "im2col"
 
 
+@pytest.mark.parametrize("channels,size,kernel,stride,expected", [
+    (64, 224, 3, 1, "winograd6"),     # VGG-16 conv1_2
+    (256, 56, 3, 1, "winograd4"),     # VGG-16 conv3_2
+    (512, 28, 3, 1, "winograd4"),     # VGG-16 conv4_2
+    (512, 14, 3, 1, "im2col"),        # VGG-16 conv5_2: too few tiles
+    (16, 56, 3, 1, "im2col"),         # too few channels for the transforms
+    (64, 56, 3, 2, "im2col"),         # strided
+    (64, 56, 5, 1, "im2col"),         # not 3x3
+])
+def test_auto_picks_winograd_where_it_was_measured_to_win(channels, size, kernel, stride,
+                                                          expected):
+    g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size)
+    assert choose_algorithm(g, "auto", ALGORITHMS, "cython") == expected
+    assert choose_algorithm(g, "auto", ("im2col", "direct"), "x") == "im2col"
+
+
 @pytest.mark.parametrize("requested,expected", [
     ("im2col", "im2col"), ("direct", "direct"), ("winograd", "winograd4"),
     ("winograd2", "winograd2"), ("winograd6", "winograd6"),

@@ -73,3 +73,29 @@ def test_float32_error_bound_up_to_512_channels(backend, algo, channels, size):
     gx = fc.conv2d_backward(dy.astype(np.float32), x.astype(np.float32), w.astype(np.float32),
                             padding=1, algorithm=algo, backend=backend)[0]
     assert rel_err(gx, gx_ref) <= TOLERANCE[np.float32, algo]
+
+
+def test_filter_transform_is_cached_and_never_stale():
+    from fastconv.winograd import FILTERS
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 4, 3, 3))
+    first = FILTERS.get(w, 4, 1)
+    assert FILTERS.get(w, 4, 1) is first                     # same values: reused
+    w[3, 2, 1, 1] += 1.0                                      # changed in place
+    fresh = FILTERS.get(w, 4, 1)
+    assert fresh is not first
+    g_mat = TRANSFORMS[4].matrices(np.float64)[0]
+    g = np.kron(g_mat, g_mat)
+    assert np.allclose(fresh[0, :, 3, 2], g @ w[3, 2].ravel())
+
+
+@pytest.mark.parametrize("backend,algo", CASES)
+def test_changed_weights_give_the_new_result(backend, algo):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 4, 9, 9))
+    w = rng.standard_normal((5, 4, 3, 3))
+    fc.conv2d(x, w, padding=1, algorithm=algo, backend=backend)
+    w *= -2.0
+    y = fc.conv2d(x, w, padding=1, algorithm=algo, backend=backend)
+    assert rel_err(y, oracle.conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)) <= 1e-10
