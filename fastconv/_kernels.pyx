@@ -16,6 +16,8 @@ OpenMP's for the cores.
 
 from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 
@@ -687,3 +689,203 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         k1 = _share(Kg, t + 1, n_threads)
                         _winograd_output(&mm[k0, 0], Kg * T, T, y, b, n, g * Kg + k0, k1 - k0, at,
                                          tile0, nt, tiles_w)
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------
+# One (n, c) plane per task: a thread owns every pixel it writes, forward and
+# backward, so the gradients are deterministic. Window (oh, ow) reads rows
+# oh*sh - pt + i*dh; the taps that fall inside the input are
+# i0 <= i < i1 (and likewise j0 <= j < j1 for columns), found once per window,
+# so the scan has no bounds checks.
+
+cdef inline Py_ssize_t _first_tap(Py_ssize_t start, Py_ssize_t d, Py_ssize_t k) noexcept nogil:
+    """First tap i of a window starting at ``start`` (step d) with start + i*d >= 0."""
+    return _clip(_ceil_div(-start, d), 0, k)
+
+
+cdef inline Py_ssize_t _end_tap(Py_ssize_t start, Py_ssize_t d, Py_ssize_t k,
+                                Py_ssize_t size) noexcept nogil:
+    """One past the last tap i of the window with start + i*d < size."""
+    return _clip(_ceil_div(size - start, d), 0, k)
+
+
+def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
+                  floating[:, :, :, ::1] y,              # OUT (N, C, OH, OW)
+                  int64_t[:, :, :, ::1] indices,         # OUT (N, C, OH, OW): ih*W + iw of the max
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
+    """y = max over each window, scanned row-major as PyTorch's CPU kernel does: a
+    strictly larger value or any NaN replaces the maximum; it starts at -inf on
+    the window's first pixel inside the input (so a window of -inf indexes that)."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, w0, i, j, i0, i1, j0, j1, ih, iw, best_at
+    cdef floating best, val
+    with nogil:
+        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            for oh in range(OH):
+                h0 = oh * sh - pt
+                i0 = _first_tap(h0, dh, kh)
+                i1 = _end_tap(h0, dh, kh, H)
+                for ow in range(OW):
+                    w0 = ow * sw - pl
+                    j0 = _first_tap(w0, dw, kw)
+                    j1 = _end_tap(w0, dw, kw, W)
+                    best = -INFINITY
+                    best_at = (h0 + i0 * dh) * W + w0 + j0 * dw
+                    for i in range(i0, i1):
+                        ih = h0 + i * dh
+                        for j in range(j0, j1):
+                            iw = w0 + j * dw
+                            val = x[n, c, ih, iw]
+                            if val > best or val != val:
+                                best = val
+                                best_at = ih * W + iw
+                    y[n, c, oh, ow] = best
+                    indices[n, c, oh, ow] = best_at
+
+
+def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
+                  const int64_t[:, :, :, ::1] indices,   # IN  (N, C, OH, OW)
+                  floating[:, :, :, ::1] dx,             # OUT (N, C, H, W)
+                  int n_threads):
+    """Each window's gradient goes to its maximum; overlapping windows add up."""
+    cdef Py_ssize_t C = dx.shape[1], W = dx.shape[3], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, at
+    with nogil:
+        for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            _zero_plane(dx, n, c)
+            for oh in range(OH):
+                for ow in range(OW):
+                    at = indices[n, c, oh, ow]
+                    dx[n, c, at // W, at % W] += dy[n, c, oh, ow]
+
+
+cdef inline Py_ssize_t _avg_divisor(Py_ssize_t h0, Py_ssize_t w0, Py_ssize_t kh, Py_ssize_t kw,
+                                    Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
+                                    bint count_include_pad,
+                                    Py_ssize_t divisor_override) noexcept nogil:
+    """PyTorch's divisor of the window at (h0, w0): its size clipped to the padded
+    input with count_include_pad, else the input pixels it covers."""
+    cdef Py_ssize_t h1 = min(h0 + kh, H + pt), w1 = min(w0 + kw, W + pl)
+    if divisor_override:
+        return divisor_override
+    if count_include_pad:
+        return (h1 - h0) * (w1 - w0)
+    return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0))
+
+
+def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
+                  floating[:, :, :, ::1] y,              # OUT (N, C, OH, OW)
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                  bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
+    """y = (sum over each window) / divisor; ``divisor_override`` is 0 when unset.
+
+    Like max pooling, a whole output row is summed tap by tap along the row."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, i0, i1, ih, iw0, ow0, ow1
+    with nogil:
+        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            for oh in range(OH):
+                h0 = oh * sh - pt
+                i0 = _first_tap(h0, 1, kh)
+                i1 = _end_tap(h0, 1, kh, H)
+                for ow in range(OW):
+                    y[n, c, oh, ow] = 0
+                for i in range(i0, i1):
+                    ih = h0 + i
+                    for j in range(kw):
+                        iw0 = j - pl
+                        ow0 = _first_inside(iw0, sw, OW)
+                        ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                        for ow in range(ow0, ow1):
+                            y[n, c, oh, ow] += x[n, c, ih, ow * sw + iw0]
+                for ow in range(OW):
+                    y[n, c, oh, ow] /= _avg_divisor(h0, ow * sw - pl, kh, kw, H, W, pt, pl,
+                                                    count_include_pad, divisor_override)
+
+
+def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
+                  floating[:, :, :, ::1] dx,             # OUT (N, C, H, W)
+                  Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                  Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                  bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
+    """Each input pixel receives dL/dY / divisor from every window that covers it."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, w0, ih, iw
+    cdef floating share
+    with nogil:
+        for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            _zero_plane(dx, n, c)
+            for oh in range(OH):
+                h0 = oh * sh - pt
+                for ow in range(OW):
+                    w0 = ow * sw - pl
+                    share = dy[n, c, oh, ow] / _avg_divisor(h0, w0, kh, kw, H, W, pt, pl,
+                                                            count_include_pad, divisor_override)
+                    for ih in range(max(h0, 0), min(h0 + kh, H)):
+                        for iw in range(max(w0, 0), min(w0 + kw, W)):
+                            dx[n, c, ih, iw] += share
+
+
+def adaptive_avgpool2d_fwd(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                           floating[:, :, :, ::1] y,         # OUT (N, C, OH, OW)
+                           int n_threads):
+    """Window (oh, ow) averages rows [floor(oh*H/OH), ceil((oh+1)*H/OH)) and likewise columns."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, h1, w0, w1, ih, iw
+    cdef floating total
+    with nogil:
+        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            for oh in range(OH):
+                h0 = oh * H // OH
+                h1 = _ceil_div((oh + 1) * H, OH)
+                for ow in range(OW):
+                    w0 = ow * W // OW
+                    w1 = _ceil_div((ow + 1) * W, OW)
+                    total = 0
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            total = total + x[n, c, ih, iw]
+                    y[n, c, oh, ow] = total / ((h1 - h0) * (w1 - w0))
+
+
+def adaptive_avgpool2d_bwd(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW)
+                           floating[:, :, :, ::1] dx,        # OUT (N, C, H, W)
+                           int n_threads):
+    """Each window spreads dL/dY evenly over the pixels it averaged."""
+    cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, h1, w0, w1, ih, iw
+    cdef floating share
+    with nogil:
+        for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            _zero_plane(dx, n, c)
+            for oh in range(OH):
+                h0 = oh * H // OH
+                h1 = _ceil_div((oh + 1) * H, OH)
+                for ow in range(OW):
+                    w0 = ow * W // OW
+                    w1 = _ceil_div((ow + 1) * W, OW)
+                    share = dy[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
+                    for ih in range(h0, h1):
+                        for iw in range(w0, w1):
+                            dx[n, c, ih, iw] += share

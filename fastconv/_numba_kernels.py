@@ -672,3 +672,193 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                     ow0 = np.empty(TV, np.int64)
                     _winograd_output(mmf, k0 * T, Kg * T, T, y, b, n, g * Kg + k0, k1 - k0, at,
                                      tile0, nt, tiles_w, mv, tmp, oh0, ow0)
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+# ---------------------------------------------------------------------------
+# One (n, c) plane per task: a thread owns every pixel it writes, forward and
+# backward, so the gradients are deterministic. Window (oh, ow) reads rows
+# oh*sh - pt + i*dh; the taps that fall inside the input are
+# i0 <= i < i1 (and likewise j0 <= j < j1 for columns), found once per window,
+# so the scan has no bounds checks.
+
+@njit
+def _first_tap(start, d, k):
+    """First tap i of a window starting at ``start`` (step d) with start + i*d >= 0."""
+    return _clip(_ceil_div(-start, d), 0, k)
+
+
+@njit
+def _end_tap(start, d, k, size):
+    """One past the last tap i of the window with start + i*d < size."""
+    return _clip(_ceil_div(size - start, d), 0, k)
+
+
+@pnjit
+def maxpool2d_fwd(x,        # IN  (N, C, H, W)
+                  y,        # OUT (N, C, OH, OW)
+                  indices,  # OUT (N, C, OH, OW): ih*W + iw of the max
+                  kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
+    """y = max over each window, scanned row-major as PyTorch's CPU kernel does: a
+    strictly larger value or any NaN replaces the maximum; it starts at -inf on
+    the window's first pixel inside the input (so a window of -inf indexes that)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    for plane in prange(x.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        src = x[n, c]
+        for oh in range(OH):
+            h0 = oh * sh - pt
+            i0 = _first_tap(h0, dh, kh)
+            i1 = _end_tap(h0, dh, kh, H)
+            for ow in range(OW):
+                w0 = ow * sw - pl
+                j0 = _first_tap(w0, dw, kw)
+                j1 = _end_tap(w0, dw, kw, W)
+                best = -np.inf
+                best_at = (h0 + i0 * dh) * W + w0 + j0 * dw
+                for i in range(i0, i1):
+                    ih = h0 + i * dh
+                    for j in range(j0, j1):
+                        iw = w0 + j * dw
+                        val = src[_u(ih), _u(iw)]
+                        if val > best or val != val:
+                            best = val
+                            best_at = ih * W + iw
+                y[n, c, oh, ow] = best
+                indices[n, c, oh, ow] = best_at
+
+
+@pnjit
+def maxpool2d_bwd(dy,       # IN  (N, C, OH, OW)
+                  indices,  # IN  (N, C, OH, OW)
+                  dx,       # OUT (N, C, H, W)
+                  n_threads):
+    """Each window's gradient goes to its maximum; overlapping windows add up."""
+    C, W, OH, OW = dx.shape[1], dx.shape[3], dy.shape[2], dy.shape[3]
+    for plane in prange(dx.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        _zero_plane(dx, n, c)
+        for oh in range(OH):
+            for ow in range(OW):
+                at = indices[n, c, oh, ow]
+                dx[n, c, at // W, at % W] += dy[n, c, oh, ow]
+
+
+@njit
+def _avg_divisor(h0, w0, kh, kw, H, W, pt, pl, count_include_pad, divisor_override):
+    """PyTorch's divisor of the window at (h0, w0): its size clipped to the padded
+    input with count_include_pad, else the input pixels it covers."""
+    h1, w1 = min(h0 + kh, H + pt), min(w0 + kw, W + pl)
+    if divisor_override:
+        return divisor_override
+    if count_include_pad:
+        return (h1 - h0) * (w1 - w0)
+    return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0))
+
+
+@pnjit
+def avgpool2d_fwd(x,   # IN  (N, C, H, W)
+                  y,   # OUT (N, C, OH, OW)
+                  kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor_override,
+                  n_threads):
+    """y = (sum over each window) / divisor; ``divisor_override`` is 0 when unset.
+
+    Like max pooling, a whole output row is summed tap by tap along the row."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    for plane in prange(x.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        for oh in range(OH):
+            h0 = oh * sh - pt
+            i0 = _first_tap(h0, 1, kh)
+            i1 = _end_tap(h0, 1, kh, H)
+            out = y[n, c, oh]
+            out[:] = 0
+            for i in range(i0, i1):
+                xrow = x[n, c, h0 + i]
+                for j in range(kw):
+                    iw0 = j - pl
+                    ow0 = _first_inside(iw0, sw, OW)
+                    ow1 = _end_inside(iw0, sw, W, ow0, OW)
+                    for ow in range(ow0, ow1):
+                        out[_u(ow)] += xrow[_u(ow * sw + iw0)]
+            for ow in range(OW):
+                out[ow] /= _avg_divisor(h0, ow * sw - pl, kh, kw, H, W, pt, pl,
+                                        count_include_pad, divisor_override)
+
+
+@pnjit
+def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
+                  dx,  # OUT (N, C, H, W)
+                  kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor_override,
+                  n_threads):
+    """Each input pixel receives dL/dY / divisor from every window that covers it."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    OH, OW = dy.shape[2], dy.shape[3]
+    for plane in prange(dx.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        _zero_plane(dx, n, c)
+        dst = dx[n, c]
+        for oh in range(OH):
+            h0 = oh * sh - pt
+            for ow in range(OW):
+                w0 = ow * sw - pl
+                share = dy[n, c, oh, ow] / _avg_divisor(h0, w0, kh, kw, H, W, pt, pl,
+                                                        count_include_pad, divisor_override)
+                for ih in range(max(h0, 0), min(h0 + kh, H)):
+                    for iw in range(max(w0, 0), min(w0 + kw, W)):
+                        dst[_u(ih), _u(iw)] += share
+
+
+@pnjit
+def adaptive_avgpool2d_fwd(x,  # IN  (N, C, H, W)
+                           y,  # OUT (N, C, OH, OW)
+                           n_threads):
+    """Window (oh, ow) averages rows [floor(oh*H/OH), ceil((oh+1)*H/OH)) and likewise columns."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    for plane in prange(x.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        src = x[n, c]
+        for oh in range(OH):
+            h0 = oh * H // OH
+            h1 = _ceil_div((oh + 1) * H, OH)
+            for ow in range(OW):
+                w0 = ow * W // OW
+                w1 = _ceil_div((ow + 1) * W, OW)
+                total = x.dtype.type(0)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        total = total + src[_u(ih), _u(iw)]
+                y[n, c, oh, ow] = total / ((h1 - h0) * (w1 - w0))
+
+
+@pnjit
+def adaptive_avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
+                           dx,  # OUT (N, C, H, W)
+                           n_threads):
+    """Each window spreads dL/dY evenly over the pixels it averaged."""
+    C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
+    OH, OW = dy.shape[2], dy.shape[3]
+    for plane in prange(dx.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        _zero_plane(dx, n, c)
+        dst = dx[n, c]
+        for oh in range(OH):
+            h0 = oh * H // OH
+            h1 = _ceil_div((oh + 1) * H, OH)
+            for ow in range(OW):
+                w0 = ow * W // OW
+                w1 = _ceil_div((ow + 1) * W, OW)
+                share = dy[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        dst[_u(ih), _u(iw)] += share

@@ -18,7 +18,7 @@ _MODULES = {
     "numba": "fastconv.backends.numba",
 }
 # fastest first: with no default set, an operation runs on the first of
-# these that has its kernel (the compiled backends have no pooling yet)
+# these that has its kernel
 _PREFERENCE = ("cython", "numba", "numpy")
 _HOW_TO_GET = {
     "numpy": "it is part of fastconv",

@@ -9,6 +9,12 @@ from ._compiled import im2col_convolutions, winograd_convolutions
 
 im2col = _kernels.im2col
 col2im = _kernels.col2im
+maxpool2d_fwd = _kernels.maxpool2d_fwd
+maxpool2d_bwd = _kernels.maxpool2d_bwd
+avgpool2d_fwd = _kernels.avgpool2d_fwd
+avgpool2d_bwd = _kernels.avgpool2d_bwd
+adaptive_avgpool2d_fwd = _kernels.adaptive_avgpool2d_fwd
+adaptive_avgpool2d_bwd = _kernels.adaptive_avgpool2d_bwd
 conv2d_fwd_direct = _kernels.conv2d_fwd_direct
 conv2d_bwd_data_direct = _kernels.conv2d_bwd_data_direct
 conv2d_bwd_weight_direct = _kernels.conv2d_bwd_weight_direct
