@@ -90,10 +90,11 @@ def test_threads_govern_blas():
         fc.set_num_threads(before)
 
 
-def test_thread_count_from_environment():
+def test_thread_count_from_environment(tmp_path):
     code = "import fastconv; print(fastconv.get_num_threads())"
     env = dict(os.environ, FASTCONV_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == "1", out.stderr
 
 
@@ -164,12 +165,14 @@ def test_default_is_the_fastest_backend_that_has_the_kernel(monkeypatch):
     assert backends.default_backend("maxpool2d_fwd") == first_with_pooling
 
 
-def test_cold_start_imports_no_backend_it_does_not_use():
+def test_cold_start_imports_no_backend_it_does_not_use(tmp_path):
     """``import fastconv`` and a first convolution load the Cython backend only (Numba's
-    import alone costs about half a second)."""
+    import alone costs about half a second). Run outside the source tree, so that the
+    installed package (with its compiled kernels) is the one imported."""
     code = ("import sys, numpy as np, fastconv as fc; "
             "fc.conv2d(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 3, 3), np.float32)); "
             "print('numba' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k != "FASTCONV_BACKEND"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == "False", out.stderr
