@@ -47,7 +47,7 @@ def choose_algorithm(geometry, requested, available, backend_name, op="conv2d"):
     if not isinstance(requested, str) or requested not in REQUESTS:
         raise ValueError(f"{op}: algorithm must be one of {list(REQUESTS)}, got {requested!r}")
     if requested == "auto":
-        return auto_algorithm(geometry, available)
+        return auto_algorithm(geometry, available, backend_name)
     name = ALIASES.get(requested, requested)
     if name not in available:
         raise ValueError(
@@ -71,25 +71,30 @@ DIRECT_MAX_MACS = 200_000
 
 
 # Winograd pays when its transforms are amortised over enough channels and
-# its GEMMs get enough tiles: measured (fastconv bench, 2 cores, Cython) on the
-# 3x3 layers of DESIGN.md, F(4x4) beat im2col from 32 input channels on maps
-# of at least 28x28, F(6x6) on maps of at least 112x112 (VGG-16 conv1_2), and
-# neither on 14x14 and 7x7 maps, where im2col stayed fastest.
-WINOGRAD_MIN_CHANNELS = 32
-WINOGRAD_MIN_PIXELS = 28 * 28
-WINOGRAD6_MIN_PIXELS = 112 * 112
+# its GEMMs get enough tiles. Measured with fastconv bench (2 cores) on the
+# 3x3 layers of DESIGN.md, per backend: in Cython F(4x4) beat im2col from 32
+# input channels on maps of at least 28x28 and F(6x6) from 112x112 (VGG-16
+# conv1_2); Numba's transforms are slower, and its F(4x4) won only from 256
+# channels (VGG-16 conv3_2, conv4_2), F(6x6) never. Neither won on 14x14 or 7x7
+# maps. The NumPy reference never picks it: it is the readable oracle.
+WINOGRAD_RULES = {
+    # backend: (min input channels per group, min output pixels, min pixels for F(6x6))
+    "cython": (32, 28 * 28, 112 * 112),
+    "numba": (256, 28 * 28, None),
+}
 
 
-def auto_algorithm(geometry, available):
+def auto_algorithm(geometry, available, backend_name):
     """The algorithm ``"auto"`` runs: direct for tiny convolutions, Winograd for 3x3
-    stride-1 layers with enough channels and pixels, else im2col + BLAS."""
+    stride-1 layers with enough channels and pixels (by the backend's rule), else
+    im2col + BLAS."""
     g = geometry
     if "direct" in available and g.macs <= DIRECT_MAX_MACS:
         return "direct"
     pixels = g.oh * g.ow
-    if (winograd_applicable(g) and g.c_in // g.groups >= WINOGRAD_MIN_CHANNELS
-            and pixels >= WINOGRAD_MIN_PIXELS):
-        tile = "winograd6" if pixels >= WINOGRAD6_MIN_PIXELS else "winograd4"
+    rule = WINOGRAD_RULES.get(backend_name)
+    if rule and winograd_applicable(g) and g.c_in // g.groups >= rule[0] and pixels >= rule[1]:
+        tile = "winograd6" if rule[2] is not None and pixels >= rule[2] else "winograd4"
         if tile in available:
             return tile
     return "im2col" if "im2col" in available else available[0]

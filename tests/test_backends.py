@@ -128,7 +128,16 @@ def test_auto_picks_winograd_where_it_was_measured_to_win(channels, size, kernel
                                                           expected):
     g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size)
     assert choose_algorithm(g, "auto", ALGORITHMS, "cython") == expected
-    assert choose_algorithm(g, "auto", ("im2col", "direct"), "x") == "im2col"
+    assert choose_algorithm(g, "auto", ("im2col", "direct"), "cython") == "im2col"
+    assert choose_algorithm(g, "auto", ALGORITHMS, "numpy") == "im2col"
+
+
+@pytest.mark.parametrize("channels,size,expected", [
+    (64, 224, "im2col"), (64, 56, "im2col"), (256, 56, "winograd4"), (512, 28, "winograd4"),
+])
+def test_numba_auto_follows_its_own_measurements(channels, size, expected):
+    g = _geometry(channels=channels, size=size)
+    assert choose_algorithm(g, "auto", ALGORITHMS, "numba") == expected
 
 
 @pytest.mark.parametrize("requested,expected", [
