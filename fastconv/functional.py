@@ -46,6 +46,19 @@ def _bias_or_zeros(bias, geometry, dtype):
     return bias if bias is not None else np.zeros(geometry.c_out, dtype=dtype)
 
 
+def conv2d_algorithm(x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                     algorithm="auto", backend=None):
+    """The algorithm :func:`conv2d` would run for these arguments (``"auto"`` resolved),
+    so that a layer's backward pass can follow the path its forward pass took.
+
+    >>> conv2d_algorithm(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), backend="numpy")
+    'direct'
+    """
+    x, weight, _, g = _shapes.conv2d_geometry(x, weight, None, stride, padding, dilation,
+                                              groups, "conv2d")
+    return _conv_setup(g, algorithm, backend, "conv2d")[1]
+
+
 def algorithms(backend=None):
     """The convolution algorithms ``backend`` implements (forward and both gradients).
 
@@ -373,6 +386,16 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (y, indices) if return_indices else y
 
 
+def _max_pool2d_scatter(grad_out, indices, x_shape, backend):
+    """Gradient of max pooling from the forward's indices (what a layer keeps)."""
+    module = _backends.get_backend(backend, "maxpool2d_bwd")
+    grad_out, indices = _contiguous(grad_out, indices)
+    grad_x = _alloc(x_shape, grad_out.dtype)
+    _kernel(module, "maxpool2d_bwd", "max_pool2d_backward")(grad_out, indices, grad_x,
+                                                           _backends.get_num_threads())
+    return grad_x
+
+
 def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilation=1,
                         ceil_mode=False, *, backend=None):
     """Gradient of :func:`max_pool2d`: each window's gradient goes to its maximum.
@@ -395,10 +418,7 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
     module, g, y, indices = _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
                                       backend, op)
     grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, y)
-    (grad_out,) = _contiguous(grad_out)
-    grad_x = _alloc(g.x_shape, grad_out.dtype)
-    _kernel(module, "maxpool2d_bwd", op)(grad_out, indices, grad_x, _backends.get_num_threads())
-    return grad_x
+    return _max_pool2d_scatter(grad_out, indices, g.x_shape, _backends.backend_name(module))
 
 
 def _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode, count_include_pad,

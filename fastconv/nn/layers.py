@@ -1,0 +1,278 @@
+"""Layers with PyTorch's constructor arguments and parameter names.
+
+Each is a thin holder of parameters around the stateless operations of
+``fastconv.functional``; shapes are as in PyTorch (NCHW).
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+from scipy.special import expit
+
+from .. import functional as F
+from .module import Layer, Parameter
+
+_rng = np.random.default_rng()
+
+
+def manual_seed(seed):
+    """Seed the generator behind initialisation and dropout."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def _uniform(bound, shape, dtype):
+    return _rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def _accumulate(param, grad):
+    param.grad = grad if param.grad is None else param.grad + grad
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation) with ``weight`` (C_out, C_in/groups, kH, kW)
+    and ``bias`` (C_out,). Initialised as PyTorch does: uniform in +-1/sqrt(fan_in)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, *, algorithm="auto", backend=None,
+                 dtype=np.float32):
+        super().__init__()
+        kh, kw = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 2
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.dilation, self.groups = dilation, groups
+        self.algorithm, self.backend = algorithm, backend
+        bound = 1 / np.sqrt(in_channels // groups * kh * kw)
+        self.weight = Parameter(_uniform(bound, (out_channels, in_channels // groups, kh, kw), dtype))
+        self.bias = Parameter(_uniform(bound, (out_channels,), dtype)) if bias else None
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups, backend=self.backend)
+
+    def _forward(self, ctx, x):
+        w = self.weight.data
+        ctx.algorithm = F.conv2d_algorithm(x, w, algorithm=self.algorithm, **self._args())
+        ctx.x = x
+        b = None if self.bias is None else self.bias.data
+        return F.conv2d(x, w, b, algorithm=ctx.algorithm, **self._args())
+
+    def _backward(self, ctx, grad_out):
+        gx, gw, gb = F.conv2d_backward(grad_out, ctx.x, self.weight.data,
+                                       algorithm=ctx.algorithm, **self._args())
+        _accumulate(self.weight, gw)
+        if self.bias is not None:
+            _accumulate(self.bias, gb)
+        return gx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+
+
+class Linear(Layer):
+    """``y = x W^T + b`` with ``weight`` (out_features, in_features), through BLAS."""
+
+    def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        bound = 1 / np.sqrt(in_features)
+        self.weight = Parameter(_uniform(bound, (out_features, in_features), dtype))
+        self.bias = Parameter(_uniform(bound, (out_features,), dtype)) if bias else None
+
+    def _forward(self, ctx, x):
+        x = np.asarray(x)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: x has {x.shape[-1]} features in its last axis, "
+                             f"expected in_features={self.in_features}")
+        ctx.x = x
+        y = x @ self.weight.data.T
+        return y if self.bias is None else y + self.bias.data
+
+    def _backward(self, ctx, grad_out):
+        x2 = ctx.x.reshape(-1, self.in_features)
+        g2 = grad_out.reshape(-1, self.out_features)
+        _accumulate(self.weight, g2.T @ x2)
+        if self.bias is not None:
+            _accumulate(self.bias, g2.sum(axis=0))
+        return grad_out @ self.weight.data
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class ReLU(Layer):
+    """max(x, 0); NaN stays NaN, as in PyTorch."""
+
+    def _forward(self, ctx, x):
+        ctx.positive = x > 0
+        return np.maximum(x, 0)
+
+    def _backward(self, ctx, grad_out):
+        return grad_out * ctx.positive
+
+
+class Tanh(Layer):
+    def _forward(self, ctx, x):
+        ctx.y = np.tanh(x)
+        return ctx.y
+
+    def _backward(self, ctx, grad_out):
+        return grad_out * (1 - ctx.y * ctx.y)
+
+
+class Sigmoid(Layer):
+    def _forward(self, ctx, x):
+        ctx.y = expit(x)
+        return ctx.y
+
+    def _backward(self, ctx, grad_out):
+        return grad_out * ctx.y * (1 - ctx.y)
+
+
+class Softmax(Layer):
+    """Softmax along ``dim`` (shifted by the maximum, so it does not overflow)."""
+
+    def __init__(self, dim=1):
+        super().__init__()
+        self.dim = dim
+
+    def _forward(self, ctx, x):
+        e = np.exp(x - x.max(axis=self.dim, keepdims=True))
+        ctx.y = e / e.sum(axis=self.dim, keepdims=True)
+        return ctx.y
+
+    def _backward(self, ctx, grad_out):
+        y = ctx.y
+        return y * (grad_out - (grad_out * y).sum(axis=self.dim, keepdims=True))
+
+
+class MaxPool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+                 backend=None):
+        super().__init__()
+        self.kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                           dilation=dilation, ceil_mode=ceil_mode)
+        self.backend = backend
+
+    def _forward(self, ctx, x):
+        y, ctx.indices = F.max_pool2d(x, **self.kwargs, return_indices=True, backend=self.backend)
+        ctx.x_shape = x.shape
+        return y
+
+    def _backward(self, ctx, grad_out):
+        return F._max_pool2d_scatter(grad_out, ctx.indices, ctx.x_shape, self.backend)
+
+
+class AvgPool2d(Layer):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None, *, backend=None):
+        super().__init__()
+        self.kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding,
+                           ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                           divisor_override=divisor_override)
+        self.backend = backend
+
+    def _forward(self, ctx, x):
+        ctx.x = x
+        return F.avg_pool2d(x, **self.kwargs, backend=self.backend)
+
+    def _backward(self, ctx, grad_out):
+        return F.avg_pool2d_backward(grad_out, ctx.x, **self.kwargs, backend=self.backend)
+
+
+class AdaptiveAvgPool2d(Layer):
+    def __init__(self, output_size, *, backend=None):
+        super().__init__()
+        self.output_size, self.backend = output_size, backend
+
+    def _forward(self, ctx, x):
+        ctx.x = x
+        return F.adaptive_avg_pool2d(x, self.output_size, backend=self.backend)
+
+    def _backward(self, ctx, grad_out):
+        return F.adaptive_avg_pool2d_backward(grad_out, ctx.x, self.output_size,
+                                              backend=self.backend)
+
+
+class Flatten(Layer):
+    """Merge axes ``start_dim`` .. ``end_dim`` into one."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def _forward(self, ctx, x):
+        ctx.shape = x.shape
+        end = self.end_dim % x.ndim
+        return x.reshape(x.shape[:self.start_dim] + (-1,) + x.shape[end + 1:])
+
+    def _backward(self, ctx, grad_out):
+        return grad_out.reshape(ctx.shape)
+
+
+class Identity(Layer):
+    def _forward(self, ctx, x):
+        return x
+
+    def _backward(self, ctx, grad_out):
+        return grad_out
+
+
+class Dropout(Layer):
+    """Zero each element with probability ``p`` in training, scaling the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p = p
+
+    def _forward(self, ctx, x):
+        if not self.training or self.p == 0:
+            ctx.scale = None
+            return x
+        ctx.scale = (_rng.random(x.shape) >= self.p).astype(x.dtype) / (1 - self.p)
+        return x * ctx.scale
+
+    def _backward(self, ctx, grad_out):
+        return grad_out if ctx.scale is None else grad_out * ctx.scale
+
+
+class Sequential(Layer):
+    """Layers run one after another; children are named "0", "1", ... (or by the keys
+    of an OrderedDict), as in PyTorch, so state-dict keys match."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], OrderedDict):
+            items = layers[0].items()
+        else:
+            items = ((str(i), layer) for i, layer in enumerate(layers))
+        for name, layer in items:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: child {name!r} is a {type(layer).__name__}, "
+                                f"not a Layer")
+            setattr(self, name, layer)
+
+    def __getitem__(self, index):
+        return list(self._children.values())[index]
+
+    def __len__(self):
+        return len(self._children)
+
+    def _forward(self, ctx, x):
+        ctx.steps = []
+        for layer in self._children.values():
+            step = type(ctx)()
+            x = layer._forward(step, x)
+            ctx.steps.append((layer, step))
+        return x
+
+    def _backward(self, ctx, grad_out):
+        for layer, step in reversed(ctx.steps):
+            grad_out = layer._backward(step, grad_out)
+        return grad_out

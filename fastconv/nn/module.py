@@ -1,0 +1,186 @@
+"""``Layer``, ``Parameter`` and the state-dict machinery, as in ``torch.nn.Module``.
+
+A layer pairs ``_forward(ctx, *inputs)`` with ``_backward(ctx, grad_out)``.
+``ctx`` is a fresh :class:`Context` for every call and keeps only what the
+backward pass needs, so a layer called twice (two nodes of a graph) keeps two
+contexts; parameter gradients accumulate with ``+=`` over every call.
+Attribute names make the state-dict keys, as in PyTorch, so torchvision's
+weights load without a mapping table.
+"""
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array and its gradient (``None`` until a backward pass)."""
+
+    def __init__(self, data):
+        self.data = np.asarray(data)
+        self.grad = None
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Context:
+    """What one forward call leaves for its backward call."""
+
+
+class Layer:
+    """Base class of every layer: parameters, buffers and children in attribute order."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_children", {})
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_last_ctx", None)
+
+    def __setattr__(self, name, value):
+        for table in (self._parameters, self._buffers, self._children):
+            table.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Layer):
+            self._children[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """A state array that is not trained (BatchNorm's running statistics)."""
+        self._buffers[name] = None
+        object.__setattr__(self, name, array)
+
+    # -- running ----------------------------------------------------------
+    def _forward(self, ctx, *inputs):
+        raise NotImplementedError(f"{type(self).__name__} does not define _forward")
+
+    def _backward(self, ctx, grad_out):
+        raise NotImplementedError(f"{type(self).__name__} does not define _backward")
+
+    def forward(self, *inputs):
+        """Run the layer; the context is kept for the next :meth:`backward`."""
+        ctx = Context()
+        out = self._forward(ctx, *inputs)
+        object.__setattr__(self, "_last_ctx", ctx)
+        return out
+
+    __call__ = forward
+
+    def backward(self, grad_out):
+        """Gradient of the last forward call's inputs; adds into parameter gradients."""
+        if self._last_ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
+        return self._backward(self._last_ctx, grad_out)
+
+    # -- parameters and state --------------------------------------------
+    def named_children(self):
+        return iter(self._children.items())
+
+    def named_parameters(self, prefix=""):
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, child in self._children.items():
+            yield from child.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for name in self._buffers:
+            yield prefix + name, getattr(self, name)
+        for name, child in self._children.items():
+            yield from child.named_buffers(prefix + name + ".")
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    def train(self, mode=True):
+        object.__setattr__(self, "training", bool(mode))
+        for child in self._children.values():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def astype(self, dtype):
+        """Convert parameters and buffers in place (like PyTorch's ``.double()``)."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"astype: dtype must be float32 or float64, got {dtype}")
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None if p.grad is None else p.grad.astype(dtype)
+        for layer, name in self._buffer_owners():
+            value = getattr(layer, name)
+            if value.dtype.kind == "f":
+                object.__setattr__(layer, name, value.astype(dtype))
+        return self
+
+    def _buffer_owners(self):
+        for name in self._buffers:
+            yield self, name
+        for child in self._children.values():
+            yield from child._buffer_owners()
+
+    def state_dict(self):
+        """Parameters and buffers by dotted name (copies)."""
+        state = {name: p.data.copy() for name, p in self.named_parameters()}
+        state.update((name, np.array(b, copy=True)) for name, b in self.named_buffers())
+        return state
+
+    def load_state_dict(self, mapping, strict=True):
+        """Copy values into parameters and buffers, cast to their dtype.
+
+        Every key and shape is checked before anything is written, so a failed
+        load leaves the layer unchanged. BatchNorm's ``num_batches_tracked`` is
+        ignored. Values may be anything ``np.asarray`` takes (torch tensors too).
+        """
+        targets = {name: p for name, p in self.named_parameters()}
+        owners = {}
+        for layer, name in self._buffer_owners():
+            owners[layer._path_of(self, name)] = (layer, name)
+        wanted = set(targets) | set(owners)
+        given = {k for k in mapping if not k.endswith("num_batches_tracked")}
+        missing, unexpected = sorted(wanted - given), sorted(given - wanted)
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        staged = {}
+        mismatched = []
+        for key in sorted(wanted & given):
+            value = np.asarray(mapping[key])
+            current = targets[key].data if key in targets else getattr(*owners[key])
+            if value.shape != np.shape(current):
+                mismatched.append(f"{key}: expected {np.shape(current)}, got {value.shape}")
+            else:
+                staged[key] = value.astype(np.asarray(current).dtype, copy=True)
+        if mismatched:
+            raise ValueError("load_state_dict: shape mismatch for " + "; ".join(mismatched))
+        for key, value in staged.items():
+            if key in targets:
+                targets[key].data = value
+            else:
+                object.__setattr__(*owners[key], value)
+        return missing, unexpected
+
+    def _path_of(self, root, name):
+        """Dotted state-dict name of this layer's buffer ``name`` under ``root``."""
+        for path, layer in root._named_layers(""):
+            if layer is self:
+                return path + name
+        raise KeyError(name)
+
+    def _named_layers(self, prefix):
+        yield prefix, self
+        for name, child in self._children.items():
+            yield from child._named_layers(prefix + name + ".")
+
+    def __repr__(self):
+        extra = self.extra_repr()
+        children = "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ")
+                           for name, child in self._children.items())
+        return f"{type(self).__name__}({extra}{children}{chr(10) if children else ''})"
+
+    def extra_repr(self):
+        return ""
