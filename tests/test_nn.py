@@ -42,6 +42,9 @@ LAYERS = [
     lambda: nn.AdaptiveAvgPool2d((2, 3)), lambda: nn.Flatten(), lambda: nn.Identity(),
     lambda: nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(2 * 2 * 1, 3)),
+    lambda: nn.BatchNorm2d(4), lambda: nn.BatchNorm2d(4).eval(),
+    lambda: nn.LocalResponseNorm(3, alpha=0.1, k=1.5),
+    lambda: nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1),
 ]
 INPUT = {"Conv2d": (2, 3, 5, 4), "Linear": (3, 6), "Sequential": (2, 3, 6, 5)}
 
@@ -210,3 +213,59 @@ def test_lenet_like_training_steps_match_torch():
         assert abs(loss - tloss.item()) <= 1e-10
     for key, value in theirs.state_dict().items():
         assert rel_err(ours.state_dict()[key], value.numpy()) <= 1e-10, key
+
+
+MORE_PAIRS = [
+    (lambda: nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1, groups=2),
+     lambda: torch.nn.ConvTranspose2d(4, 6, 4, stride=2, padding=1, groups=2), (2, 4, 5, 6)),
+    (lambda: nn.LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0),
+     lambda: torch.nn.LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0), (2, 7, 4, 3)),
+    (lambda: nn.LocalResponseNorm(4), lambda: torch.nn.LocalResponseNorm(4), (2, 6, 3, 3)),
+]
+
+
+@pytest.mark.parametrize("make_fc,make_torch,shape", MORE_PAIRS)
+def test_more_layers_match_torch_nn(make_fc, make_torch, shape):
+    test_layers_match_torch_nn(make_fc, make_torch, shape)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_matches_torch_in_train_and_eval(training):
+    ours, theirs = _torch_pair(lambda: nn.BatchNorm2d(3, momentum=0.2),
+                               lambda: torch.nn.BatchNorm2d(3, momentum=0.2))
+    rng = np.random.default_rng(10)
+    with torch.no_grad():
+        theirs.weight.uniform_(0.5, 1.5)
+        theirs.bias.uniform_(-0.5, 0.5)
+        theirs.running_mean.uniform_(-1, 1)
+        theirs.running_var.uniform_(0.5, 2)
+    ours.load_state_dict(theirs.state_dict())
+    ours.train(training)
+    theirs.train(training)
+    for _ in range(2):
+        x = rng.standard_normal((4, 3, 5, 6)) * 3 + 1
+        xt = torch.tensor(x, requires_grad=True)
+        yt = theirs(xt)
+        dy = rng.standard_normal(tuple(yt.shape))
+        yt.backward(torch.tensor(dy))
+        assert rel_err(ours(x), yt.detach().numpy()) <= 1e-12
+        assert rel_err(ours.backward(dy), xt.grad.numpy()) <= 1e-10
+        for (name, p), tp in zip(ours.named_parameters(), theirs.parameters()):
+            assert rel_err(p.grad, tp.grad.numpy()) <= 1e-10, name
+            p.grad, tp.grad = None, None
+    for key in ("running_mean", "running_var"):
+        assert rel_err(ours.state_dict()[key], theirs.state_dict()[key].numpy()) <= 1e-12
+
+
+def test_joins_send_each_input_its_share_of_the_gradient():
+    rng = np.random.default_rng(11)
+    a, b = rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((2, 5, 4, 4))
+    cat = nn.Concat()
+    y = cat(a, b)
+    assert y.shape == (2, 8, 4, 4) and np.array_equal(y[:, 3:], b)
+    g = rng.standard_normal(y.shape)
+    ga, gb = cat.backward(g)
+    assert np.array_equal(ga, g[:, :3]) and np.array_equal(gb, g[:, 3:])
+    add = nn.Add()
+    assert np.array_equal(add(a, a, a), 3 * a)
+    assert all(np.array_equal(gi, g) for gi in add.backward(g))

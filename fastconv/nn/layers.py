@@ -276,3 +276,146 @@ class Sequential(Layer):
         for layer, step in reversed(ctx.steps):
             grad_out = layer._backward(step, grad_out)
         return grad_out
+
+
+class ConvTranspose2d(Layer):
+    """Transposed convolution with ``weight`` (C_in, C_out/groups, kH, kW), as in PyTorch."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, *, backend=None,
+                 dtype=np.float32):
+        super().__init__()
+        kh, kw = kernel_size if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 2
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"ConvTranspose2d: groups={groups} must divide in_channels="
+                             f"{in_channels} and out_channels={out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kwargs = dict(stride=stride, padding=padding, output_padding=output_padding,
+                           groups=groups, dilation=dilation, backend=backend)
+        bound = 1 / np.sqrt(out_channels // groups * kh * kw)
+        self.weight = Parameter(_uniform(bound, (in_channels, out_channels // groups, kh, kw),
+                                         dtype))
+        self.bias = Parameter(_uniform(bound, (out_channels,), dtype)) if bias else None
+
+    def _forward(self, ctx, x):
+        ctx.x = x
+        b = None if self.bias is None else self.bias.data
+        return F.conv_transpose2d(x, self.weight.data, b, **self.kwargs)
+
+    def _backward(self, ctx, grad_out):
+        gx, gw, gb = F.conv_transpose2d_backward(grad_out, ctx.x, self.weight.data, **self.kwargs)
+        _accumulate(self.weight, gw)
+        if self.bias is not None:
+            _accumulate(self.bias, gb)
+        return gx
+
+
+class BatchNorm2d(Layer):
+    """Batch normalisation over (N, H, W) per channel, as in PyTorch: training uses the
+    batch's statistics and updates ``running_mean``/``running_var`` with ``momentum``
+    (the running variance unbiased); eval mode uses the running statistics."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.track_running_stats = track_running_stats
+        self.weight = Parameter(np.ones(num_features, dtype)) if affine else None
+        self.bias = Parameter(np.zeros(num_features, dtype)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.array(0, np.int64))
+
+    def _forward(self, ctx, x):
+        if x.ndim != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm2d: x must be (N, {self.num_features}, H, W), "
+                             f"got shape {x.shape}")
+        use_batch = self.training or not self.track_running_stats
+        if use_batch:
+            mean = x.mean(axis=(0, 2, 3))
+            var = x.var(axis=(0, 2, 3))
+            if self.training and self.track_running_stats:
+                n = x.size // x.shape[1]
+                m = self.momentum
+                self.running_mean[...] = (1 - m) * self.running_mean + m * mean
+                self.running_var[...] = (1 - m) * self.running_var + m * var * n / max(n - 1, 1)
+                self.num_batches_tracked += 1
+        else:
+            mean, var = self.running_mean, self.running_var
+        inv = 1 / np.sqrt(var + self.eps)
+        xhat = (x - mean[:, None, None]) * inv[:, None, None]
+        ctx.xhat, ctx.inv, ctx.batch = xhat, inv, use_batch
+        if self.weight is None:
+            return xhat.astype(x.dtype)
+        return (xhat * self.weight.data[:, None, None] + self.bias.data[:, None, None]).astype(x.dtype)
+
+    def _backward(self, ctx, grad_out):
+        xhat, inv = ctx.xhat, ctx.inv
+        if self.weight is not None:
+            _accumulate(self.weight, (grad_out * xhat).sum(axis=(0, 2, 3)))
+            _accumulate(self.bias, grad_out.sum(axis=(0, 2, 3)))
+            grad_out = grad_out * self.weight.data[:, None, None]
+        if not ctx.batch:
+            return grad_out * inv[:, None, None]
+        # the batch statistics depend on x too:
+        # dx = inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        mean_g = grad_out.mean(axis=(0, 2, 3))[:, None, None]
+        mean_gx = (grad_out * xhat).mean(axis=(0, 2, 3))[:, None, None]
+        return (inv[:, None, None] * (grad_out - mean_g - xhat * mean_gx)).astype(grad_out.dtype)
+
+
+class LocalResponseNorm(Layer):
+    """``b_c = a_c (k + alpha/n sum_{c' near c} a_{c'}^2)^(-beta)`` over ``size`` neighbouring
+    channels (``size//2`` before, ``(size-1)//2`` after), as in PyTorch and AlexNet."""
+
+    def __init__(self, size, alpha=1e-4, beta=0.75, k=1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def _window_sum(self, a, before, after):
+        """sum over channels c-before .. c+after of a, for every c (zero outside)."""
+        c = a.shape[1]
+        cum = np.concatenate([np.zeros_like(a[:, :1]), np.cumsum(a, axis=1)], axis=1)
+        hi = np.minimum(np.arange(c) + after + 1, c)
+        lo = np.maximum(np.arange(c) - before, 0)
+        return cum[:, hi] - cum[:, lo]
+
+    def _forward(self, ctx, x):
+        s = self.k + self.alpha / self.size * self._window_sum(
+            x * x, self.size // 2, (self.size - 1) // 2)
+        ctx.x, ctx.s = x, s
+        return (x * s ** -self.beta).astype(x.dtype)
+
+    def _backward(self, ctx, grad_out):
+        x, s = ctx.x, ctx.s
+        # channel j feeds the windows of c = j - (size-1)//2 .. j + size//2
+        spread = self._window_sum(grad_out * x * s ** (-self.beta - 1),
+                                  (self.size - 1) // 2, self.size // 2)
+        return (grad_out * s ** -self.beta
+                - 2 * self.alpha * self.beta / self.size * x * spread).astype(grad_out.dtype)
+
+
+class Concat(Layer):
+    """Join inputs along the channel axis (a graph join, as in Inception)."""
+
+    def _forward(self, ctx, *inputs):
+        ctx.splits = np.cumsum([a.shape[1] for a in inputs])[:-1]
+        return np.concatenate(inputs, axis=1)
+
+    def _backward(self, ctx, grad_out):
+        return tuple(np.split(grad_out, ctx.splits, axis=1))
+
+
+class Add(Layer):
+    """Sum of the inputs (a residual join, as in ResNet)."""
+
+    def _forward(self, ctx, *inputs):
+        ctx.n = len(inputs)
+        out = inputs[0]
+        for a in inputs[1:]:
+            out = out + a
+        return out
+
+    def _backward(self, ctx, grad_out):
+        return (grad_out,) * ctx.n
