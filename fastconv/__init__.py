@@ -6,7 +6,7 @@ average pooling; every backward pass. Kernels: im2col + GEMM, direct and
 Winograd, over interchangeable backends (``fc.available_backends()``).
 """
 
-from . import nn
+from . import models, nn
 from .backends import (available_backends, get_num_threads, set_backend,
                        set_num_threads)
 from .functional import (adaptive_avg_pool2d, adaptive_avg_pool2d_backward, algorithms,

@@ -1,4 +1,4 @@
-"""The ``fastconv`` command line: ``fastconv bench`` and ``fastconv info``."""
+"""The ``fastconv`` command line: ``fastconv bench``, ``fastconv train lenet5``, ``fastconv info``."""
 
 import argparse
 import fnmatch
@@ -137,6 +137,21 @@ def cmd_info(args):
     return 0
 
 
+def cmd_train(args):
+    from .train import train_lenet5_digits
+
+    if args.threads:
+        backends.set_num_threads(args.threads)
+    print(f"training lenet5 on scikit-learn's handwritten digits (1,797 images, 80/20 split), "
+          f"{backends.get_num_threads()} threads")
+    history, accuracy = train_lenet5_digits(epochs=args.epochs, seed=args.seed,
+                                            progress=not args.no_progress)
+    seconds = sum(r["seconds"] for r in history)
+    print(f"test accuracy {accuracy:.4f} after {len(history)} epochs; "
+          f"{seconds / len(history):.2f} s per epoch, {seconds:.1f} s in all")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fastconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +169,13 @@ def main(argv=None):
     p_bench.add_argument("--pass", dest="passes", choices=["forward", "backward", "both"],
                          default="both", help="which convolution passes to time")
     p_bench.set_defaults(func=cmd_bench)
+    p_train = sub.add_parser("train", help="train a model on real data (lenet5: digits)")
+    p_train.add_argument("model", choices=["lenet5"])
+    p_train.add_argument("--epochs", type=int, default=12)
+    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--threads", type=int)
+    p_train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_train.set_defaults(func=cmd_train)
     p_info = sub.add_parser("info", help="version, backends, threads, BLAS and CPU features")
     p_info.set_defaults(func=cmd_info)
     args = parser.parse_args(argv)
