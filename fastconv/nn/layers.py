@@ -207,8 +207,9 @@ class Flatten(Layer):
 
     def _forward(self, ctx, x):
         ctx.shape = x.shape
-        end = self.end_dim % x.ndim
-        return x.reshape(x.shape[:self.start_dim] + (-1,) + x.shape[end + 1:])
+        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
+        merged = int(np.prod(x.shape[start:end + 1]))      # not -1: the batch may be empty
+        return x.reshape(x.shape[:start] + (merged,) + x.shape[end + 1:])
 
     def _backward(self, ctx, grad_out):
         return grad_out.reshape(ctx.shape)

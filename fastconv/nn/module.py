@@ -58,7 +58,14 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} does not define _backward")
 
     def forward(self, *inputs):
-        """Run the layer; the context is kept for the next :meth:`backward`."""
+        """Run the layer; the context is kept for the next :meth:`backward`.
+
+        On symbolic tensors (``fastconv.Input``) it records a graph node instead.
+        """
+        from ..graph import SymbolicTensor, _symbolic_call
+
+        if any(isinstance(a, SymbolicTensor) for a in inputs):
+            return _symbolic_call(self, inputs)
         ctx = Context()
         out = self._forward(ctx, *inputs)
         object.__setattr__(self, "_last_ctx", ctx)

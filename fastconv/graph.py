@@ -1,0 +1,129 @@
+"""Symbolic graphs of layers: ``Input``, ``Graph`` (itself a ``Layer``) and shape inference.
+
+Calling a layer on symbolic tensors records a node instead of computing. A
+``Graph`` orders its nodes topologically, runs forward in that order and
+backward in reverse, summing the gradients of a tensor that feeds several
+nodes. It keeps one context per node, not per layer, so a layer used twice is
+two nodes whose parameter gradients both add up. Shapes are inferred when the
+graph is built, by running each layer on an empty batch (every operation of
+fastconv accepts one) in eval mode, so a mismatch is reported at build time
+with the layer's name.
+"""
+
+import numpy as np
+
+from .nn.module import Context, Layer
+
+
+class SymbolicTensor:
+    """A tensor of a graph under construction: its shape without the batch axis."""
+
+    def __init__(self, shape, node=None, dtype=np.float32):
+        self.shape, self.node, self.dtype = tuple(shape), node, np.dtype(dtype)
+
+    def __repr__(self):
+        return f"SymbolicTensor(shape={self.shape})"
+
+
+def Input(shape, dtype=np.float32):
+    """The symbolic input of a graph; ``shape`` excludes the batch axis."""
+    return SymbolicTensor(shape, None, dtype)
+
+
+class Node:
+    """One call of a layer on symbolic tensors."""
+
+    def __init__(self, layer, inputs):
+        self.layer, self.inputs = layer, list(inputs)
+        empty = [np.zeros((0,) + t.shape, dtype=t.dtype) for t in self.inputs]
+        was_training = layer.training
+        layer.eval()
+        try:
+            out = layer._forward(Context(), *empty)
+        except (ValueError, TypeError) as exc:
+            shapes = ", ".join(str(t.shape) for t in self.inputs)
+            raise ValueError(f"{_describe(layer)} cannot take inputs of shape {shapes} "
+                             f"(batch axis left out): {exc}") from None
+        finally:
+            layer.train(was_training)
+        self.output = SymbolicTensor(out.shape[1:], self, out.dtype)
+
+
+def _describe(layer):
+    name = getattr(layer, "name", None)
+    return f"layer {name!r} ({type(layer).__name__})" if name else type(layer).__name__
+
+
+def _symbolic_call(layer, inputs):
+    if not all(isinstance(t, SymbolicTensor) for t in inputs):
+        raise TypeError(f"{_describe(layer)}: cannot mix symbolic tensors and arrays")
+    return Node(layer, inputs).output
+
+
+class Graph(Layer):
+    """A layer made of the nodes between ``inputs`` and ``outputs`` (one or a list each).
+
+    Children are named by the layers' ``name`` attribute where set, else by their
+    position ("0", "1", ...) in execution order; a shared layer is one child.
+    """
+
+    def __init__(self, inputs, outputs):
+        super().__init__()
+        self._single_input = isinstance(inputs, SymbolicTensor)
+        self._single_output = isinstance(outputs, SymbolicTensor)
+        self.inputs = [inputs] if self._single_input else list(inputs)
+        self.outputs = [outputs] if self._single_output else list(outputs)
+        self.nodes = self._order()
+        for i, layer in enumerate(dict.fromkeys(n.layer for n in self.nodes)):
+            setattr(self, getattr(layer, "name", None) or str(i), layer)
+
+    def _order(self):
+        """Nodes in topological order (depth-first from the outputs)."""
+        order, state = [], {}
+        for out in self.outputs:
+            stack = [(out, False)]
+            while stack:
+                tensor, done = stack.pop()
+                node = tensor.node
+                if node is None:
+                    if not any(tensor is t for t in self.inputs):
+                        raise ValueError(f"Graph: {tensor} is not produced by any node and is "
+                                         f"not one of the graph's inputs")
+                    continue
+                if done:
+                    if state.get(id(node)) != "done":
+                        state[id(node)] = "done"
+                        order.append(node)
+                    continue
+                if state.get(id(node)) is not None:
+                    continue
+                state[id(node)] = "open"
+                stack.append((tensor, True))
+                stack.extend((t, False) for t in reversed(node.inputs))
+        return order
+
+    def _forward(self, ctx, *arrays):
+        if len(arrays) != len(self.inputs):
+            raise ValueError(f"Graph: expected {len(self.inputs)} inputs, got {len(arrays)}")
+        values = {id(t): a for t, a in zip(self.inputs, arrays)}
+        ctx.steps = []
+        for node in self.nodes:
+            step = Context()
+            values[id(node.output)] = node.layer._forward(step, *(values[id(t)]
+                                                                  for t in node.inputs))
+            ctx.steps.append((node, step))
+        out = [values[id(t)] for t in self.outputs]
+        return out[0] if self._single_output else tuple(out)
+
+    def _backward(self, ctx, grad_out):
+        grads = dict(zip((id(t) for t in self.outputs),
+                         [grad_out] if self._single_output else grad_out))
+        for node, step in reversed(ctx.steps):
+            g = grads.pop(id(node.output), None)
+            if g is None:            # no output depends on this node
+                continue
+            g_in = node.layer._backward(step, g)
+            for t, gi in zip(node.inputs, g_in if len(node.inputs) > 1 else (g_in,)):
+                grads[id(t)] = gi if id(t) not in grads else grads[id(t)] + gi
+        result = [grads.get(id(t)) for t in self.inputs]
+        return result[0] if self._single_input else tuple(result)
