@@ -127,3 +127,83 @@ class Graph(Layer):
                 grads[id(t)] = gi if id(t) not in grads else grads[id(t)] + gi
         result = [grads.get(id(t)) for t in self.inputs]
         return result[0] if self._single_input else tuple(result)
+
+    def summary(self):
+        return summary(self)
+
+    def to_dot(self):
+        return to_dot(self)
+
+
+# ---------------------------------------------------------------------------
+# Summary and Graphviz
+# ---------------------------------------------------------------------------
+
+def _macs(layer, in_shapes, out_shape):
+    """Multiply-adds of one call on a single example (convolutions and linear layers)."""
+    from .nn import Conv2d, ConvTranspose2d, Linear
+
+    out = int(np.prod(out_shape))
+    if isinstance(layer, Conv2d):
+        return out * (layer.in_channels // layer.groups) * int(np.prod(layer.kernel_size))
+    if isinstance(layer, ConvTranspose2d):
+        return int(np.prod(in_shapes[0])) * int(np.prod(layer.weight.data.shape[1:]))
+    if isinstance(layer, Linear):
+        return out // layer.out_features * layer.in_features * layer.out_features
+    return 0
+
+
+def _rows(model, input_shape):
+    """(name, type, output shape, parameters, MACs) for each step of a Graph or Sequential."""
+    if isinstance(model, Graph):
+        names = {id(layer): name for name, layer in model.named_children()}
+        for node in model.nodes:
+            layer = node.layer
+            yield (names[id(layer)], type(layer).__name__, node.output.shape,
+                   sum(p.data.size for p in layer.parameters()),
+                   _macs(layer, [t.shape for t in node.inputs], node.output.shape))
+        return
+    if input_shape is None:
+        raise ValueError("summary: input_shape (without the batch axis) is needed for a "
+                         "layer that is not a Graph")
+    shape = tuple(input_shape)
+    steps = list(model.named_children()) if model._children else [("", model)]
+    for name, layer in steps:
+        node = Node(layer, [SymbolicTensor(shape)])
+        yield (name, type(layer).__name__, node.output.shape,
+               sum(p.data.size for p in layer.parameters()), _macs(layer, [shape],
+                                                                  node.output.shape))
+        shape = node.output.shape
+
+
+def summary(model, input_shape=None):
+    """A table of every step's name, type, output shape, parameters and multiply-adds
+    (per example), with totals, as torchinfo and Keras print."""
+    rows = list(_rows(model, input_shape))
+    lines = [f"{'layer':<24}{'type':<20}{'output shape':<22}{'params':>12}{'MACs':>16}"]
+    lines.append("-" * len(lines[0]))
+    for name, kind, shape, params, macs in rows:
+        lines.append(f"{name:<24}{kind:<20}{str(shape):<22}{params:>12,}{macs:>16,}")
+    lines.append("-" * len(lines[0]))
+    total_params = sum(p.data.size for p in model.parameters())
+    total_macs = sum(r[4] for r in rows)
+    lines.append(f"{'total':<66}{total_params:>12,}{total_macs:>16,}")
+    return "\n".join(lines)
+
+
+def to_dot(graph):
+    """Graphviz DOT text of a graph: a box per node, an edge per tensor."""
+    names = {id(layer): name for name, layer in graph.named_children()}
+    ids = {id(node): f"n{i}" for i, node in enumerate(graph.nodes)}
+    lines = ["digraph fastconv {", "  rankdir=TB;", "  node [shape=box];"]
+    for i, t in enumerate(graph.inputs):
+        lines.append(f'  in{i} [label="input {t.shape}", shape=ellipse];')
+    for node in graph.nodes:
+        label = f"{names[id(node.layer)]}: {type(node.layer).__name__}\\n{node.output.shape}"
+        lines.append(f'  {ids[id(node)]} [label="{label}"];')
+        for t in node.inputs:
+            source = ids[id(t.node)] if t.node is not None else \
+                f"in{next(i for i, s in enumerate(graph.inputs) if s is t)}"
+            lines.append(f"  {source} -> {ids[id(node)]};")
+    lines.append("}")
+    return "\n".join(lines)

@@ -88,3 +88,22 @@ def test_building_leaves_batchnorm_statistics_alone():
     x = Input((3, 4, 4))
     Graph(x, bn(x))
     assert bn.training and not bn.running_mean.any() and bn.num_batches_tracked == 0
+
+
+def test_summary_counts_parameters_and_multiply_adds():
+    from fastconv.models import lenet5
+
+    text = lenet5().summary((1, 32, 32))
+    macs = 6 * 28 * 28 * 25 + 16 * 10 * 10 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    assert text.splitlines()[-1].split()[1:] == ["61,706", f"{macs:,}"]
+    assert "conv2" in text and "(16, 10, 10)" in text
+    graph, _ = _residual_graph()
+    assert "stem" in graph.summary() and "(6, 6, 5)" in graph.summary()
+
+
+def test_to_dot_draws_every_edge():
+    graph, _ = _residual_graph()
+    dot = graph.to_dot()
+    assert dot.startswith("digraph") and dot.rstrip().endswith("}")
+    edges = sum(len(n.inputs) for n in graph.nodes)
+    assert dot.count("->") == edges and "in0 -> n0" in dot

@@ -183,6 +183,12 @@ class Layer:
         for name, child in self._children.items():
             yield from child._named_layers(prefix + name + ".")
 
+    def summary(self, input_shape=None):
+        """Table of each step's output shape, parameters and multiply-adds (fastconv.graph.summary)."""
+        from ..graph import summary
+
+        return summary(self, input_shape)
+
     def __repr__(self):
         extra = self.extra_repr()
         children = "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ")
