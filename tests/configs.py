@@ -125,3 +125,14 @@ def pool_configs(count, seed, max_size=11, dilation=True):
 def config_id(config):
     return "-".join(f"{k}={v}" for k, v in config.items() if k not in ("dtype",)).replace(" ", "") \
         + f"-{np.dtype(config['dtype']).name}"
+
+
+def numeric_gradient(f, x, dy, eps=1e-6):
+    """d<f(x), dy>/dx by central differences, one element at a time (float64, tiny shapes)."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        grad[idx] = (np.vdot(f(xp), dy) - np.vdot(f(xm), dy)) / (2 * eps)
+    return grad

@@ -6,7 +6,7 @@ import pytest
 import fastconv as fc
 
 import oracle
-from configs import TOLERANCE, config_id, pool_configs, rel_err
+from configs import TOLERANCE, config_id, numeric_gradient, pool_configs, rel_err
 from conftest import BACKENDS, has_kernel
 
 MAX_BACKENDS = [b for b in BACKENDS if has_kernel(b, "maxpool2d_fwd")]
@@ -23,17 +23,6 @@ def _avg_args(c):
     return dict(kernel_size=c["kernel_size"], stride=c["stride"], padding=c["padding"],
                 ceil_mode=c["ceil_mode"], count_include_pad=c["count_include_pad"],
                 divisor_override=c["divisor_override"])
-
-
-def _numeric_gradient_of_sum(f, x, dy, eps=1e-6):
-    """d/dx of <f(x), dy> by central differences, one pixel at a time (tiny shapes only)."""
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        grad[idx] = (np.vdot(f(xp), dy) - np.vdot(f(xm), dy)) / (2 * eps)
-    return grad
 
 
 @pytest.mark.parametrize("backend", MAX_BACKENDS)
@@ -74,7 +63,7 @@ def test_avg_pool2d_matches_naive_windows(backend, config):
     x_small = x[:1, :1]
     gx = fc.avg_pool2d_backward(dy[:1, :1].astype(x_.dtype), x_small.astype(x_.dtype),
                                 **_avg_args(config), backend=backend)
-    numeric = _numeric_gradient_of_sum(
+    numeric = numeric_gradient(
         lambda z: fc.avg_pool2d(z, **_avg_args(config), backend="numpy"), x_small, dy[:1, :1])
     assert rel_err(gx, numeric) <= max(TOLERANCE[config["dtype"], "pool"], 1e-8)
 
@@ -97,7 +86,7 @@ def test_adaptive_avg_pool2d(backend, dtype, hw, output_size):
     dy = rng.standard_normal(y.shape)
     gx = fc.adaptive_avg_pool2d_backward(dy.astype(dtype), x.astype(dtype), output_size,
                                          backend=backend)
-    numeric = _numeric_gradient_of_sum(
+    numeric = numeric_gradient(
         lambda z: fc.adaptive_avg_pool2d(z, output_size, backend="numpy"), x[:1, :1], dy[:1, :1])
     assert rel_err(gx[:1, :1], numeric) <= max(TOLERANCE[dtype, "pool"], 1e-8)
 
