@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "algorithms", "available_backends",
     "avg_pool2d", "avg_pool2d_backward", "col2im", "conv2d", "conv2d_backward",
-    "Graph", "Input", "conv_output_size", "load", "save", "conv_transpose2d", "conv_transpose2d_backward", "convolve2d",
+    "Graph", "Input", "conv_output_size", "load", "models", "nn", "save", "conv_transpose2d", "conv_transpose2d_backward", "convolve2d",
     "get_num_threads", "im2col", "max_pool2d", "max_pool2d_backward", "set_backend",
     "set_num_threads", "__version__",
 ]

@@ -10,8 +10,9 @@ import numpy as np
 
 
 def _windows(y_shape, x_shape, w_shape, stride, pads, dilation):
-    """Every (output pixel, kernel tap, input pixel) triple of a convolution, padding skipped."""
-    (sh, sw), (pt, pb, pl, pr), (dh, dw) = stride, pads, dilation
+    """Every (output pixel, kernel tap, input pixel) triple of a convolution, padding skipped
+    (the bottom and right padding only set the output size, already in y_shape)."""
+    (sh, sw), (pt, _, pl, _), (dh, dw) = stride, pads, dilation
     oh, ow = y_shape[2:]
     h, wd = x_shape[2:]
     kh, kw = w_shape[2:]

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import fastconv as fc
 from fastconv import nn
 
 from configs import numeric_gradient, rel_err

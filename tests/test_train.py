@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from fastconv import nn
 from fastconv.models import lenet5
 
 pytest.importorskip("sklearn")
