@@ -85,6 +85,22 @@ def cmd_bench(args):
         title = "forward" if direction == "forward" else "backward (grad_x+grad_w)"
         results[title] = _conv_section(title, conv_layers, names, args, n_threads,
                                        direction == "backward")
+    transpose_layers = _selected(bench.TRANSPOSE_LAYERS, args.layers)
+    for direction in passes if transpose_layers else []:
+        title = f"transposed conv {direction}"
+        print(f"\n{title:<24} {'backend':<8} {'':<10} {'time ms':>9} {'GFLOP/s':>8} "
+              f"{'vs torch':>8}")
+        ratios = {}
+        for layer in transpose_layers:
+            for i, (backend, seconds, gflops, ratio) in enumerate(bench.run_transpose(
+                    layer, names, args.rounds, n_threads, direction == "backward")):
+                label = layer.name if i == 0 else ""
+                print(f"{label:<24} {backend:<8} {'':<10} {seconds * 1e3:9.3f} {gflops:8.1f} "
+                      f"{_fmt_ratio(ratio)}", flush=True)
+                if ratio and backend != "torch":
+                    ratios.setdefault(backend, []).append(ratio)
+        for backend, values in ratios.items():
+            print(f"  {backend:<8} geometric mean of the ratio to torch {_gmean(values):6.3f}")
     if pool_layers:
         print(f"\n{'pooling':<24} {'backend':<8} {'':<10} {'time ms':>9} {'GB/s':>8} {'vs torch':>8}")
     for layer in pool_layers:

@@ -65,6 +65,73 @@ CONV_LAYERS = [
 
 
 @dataclass(frozen=True)
+class TransposeLayer:
+    """A transposed convolution: C_in x size x size up to C_out (weight C_in, C_out, k, k)."""
+    name: str
+    n: int
+    c_in: int
+    c_out: int
+    size: int
+    kernel: int
+    stride: int
+    padding: int
+
+    def arrays(self, dtype=np.float32, seed=0):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((self.n, self.c_in, self.size, self.size)).astype(dtype)
+        w = rng.standard_normal((self.c_in, self.c_out, self.kernel, self.kernel)).astype(dtype)
+        return x, w * np.asarray(1 / np.sqrt(w[0].size), dtype=dtype)
+
+    def kwargs(self):
+        return dict(stride=self.stride, padding=self.padding)
+
+    def macs(self):
+        return self.n * self.c_in * self.size * self.size * self.c_out * self.kernel ** 2
+
+
+# 2x upsampling as in decoders and GANs (kernel 4, stride 2, padding 1), and a 3x3 one
+TRANSPOSE_LAYERS = [
+    TransposeLayer("upsample.256to128.28", 1, 256, 128, 28, 4, 2, 1),
+    TransposeLayer("upsample.128to64.56", 1, 128, 64, 56, 4, 2, 1),
+    TransposeLayer("upsample.64to32.112", 1, 64, 32, 112, 4, 2, 1),
+    TransposeLayer("deconv3x3.128to128.28", 1, 128, 128, 28, 3, 2, 1),
+]
+
+
+def run_transpose(layer, backend_names=None, rounds=5, n_threads=None, backward=False):
+    """Time a transposed convolution's forward or backward (grad_x and grad_w):
+    rows of (backend, seconds, GFLOP/s, ratio to torch)."""
+    n_threads = n_threads or backends.get_num_threads()
+    x, w = layer.arrays()
+    work = 2e-9 * layer.macs() * (2 if backward else 1)
+    y = functional.conv_transpose2d(x, w, **layer.kwargs())
+    dy = np.ones_like(y)
+    labels, fns = [], []
+    torch = _torch(n_threads)
+    if torch is not None:
+        xt, wt, dyt = (torch.from_numpy(a) for a in (x, w, dy))
+        labels.append("torch")
+        if backward:
+            fns.append(lambda: torch.ops.aten.convolution_backward(
+                dyt, xt, wt, None, [layer.stride] * 2, [layer.padding] * 2, [1, 1], True,
+                [0, 0], 1, [True, True, False]))
+        else:
+            fns.append(lambda: torch.nn.functional.conv_transpose2d(xt, wt, **layer.kwargs()))
+    for name in backend_names or backends.available_backends():
+        labels.append(name)
+        if backward:
+            fns.append(lambda b=name: functional.conv_transpose2d_backward(
+                dy, x, w, **layer.kwargs(), backend=b))
+        else:
+            fns.append(lambda b=name: functional.conv_transpose2d(x, w, **layer.kwargs(),
+                                                                  backend=b))
+    times = best_times(fns, rounds)
+    torch_time = times[0] if torch is not None else None
+    return [(label, t, work / t, torch_time / t if torch_time else None)
+            for label, t in zip(labels, times)]
+
+
+@dataclass(frozen=True)
 class PoolLayer:
     name: str
     kind: str          # "max", "avg" or "global"

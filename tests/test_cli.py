@@ -19,11 +19,12 @@ def test_info_lists_backends_threads_and_blas(capsys):
 
 def test_bench_times_selected_layers(capsys):
     assert main(["bench", "--quick", "--layers", "lenet5.c1", "maxpool.2x2s2",
-                 "--backend", "numpy", "--threads", "1"]) == 0
+                 "deconv3x3", "--backend", "numpy", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     row = re.search(r"^lenet5\.c1\s+(\S+)\s+\S+\s+([\d.]+)\s+([\d.]+)", out, re.M)
     assert row and float(row.group(2)) > 0 and float(row.group(3)) > 0
     assert re.search(r"^maxpool\.2x2s2\s+\S+\s+[\d.]+\s+[\d.]+", out, re.M)
+    assert len(re.findall(r"^deconv3x3\.128to128\.28\s+\S+\s+[\d.]+\s+[\d.]+", out, re.M)) == 2
     assert "vgg16" not in out
 
 
