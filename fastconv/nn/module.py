@@ -132,9 +132,13 @@ class Layer:
             yield from child._buffer_owners()
 
     def state_dict(self):
-        """Parameters and buffers by dotted name (copies)."""
-        state = {name: p.data.copy() for name, p in self.named_parameters()}
-        state.update((name, np.array(b, copy=True)) for name, b in self.named_buffers())
+        """Parameters and buffers by dotted name (copies), layer by layer in PyTorch's order."""
+        state = {}
+        for prefix, layer in self._named_layers(""):
+            for name, p in layer._parameters.items():
+                state[prefix + name] = p.data.copy()
+            for name in layer._buffers:
+                state[prefix + name] = np.array(getattr(layer, name), copy=True)
         return state
 
     def load_state_dict(self, mapping, strict=True):
