@@ -17,6 +17,14 @@ from .select import winograd_applicable
 from .shapes import conv2d_geometry, gflop
 
 
+def _random_arrays(x_shape, w_shape, dtype, seed):
+    """Standard normal input and weights scaled by 1/sqrt(fan_in) of the weight's last axes."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    return x, w * np.asarray(1 / np.sqrt(np.prod(w_shape[1:])), dtype=dtype)
+
+
 @dataclass(frozen=True)
 class ConvLayer:
     name: str
@@ -29,10 +37,8 @@ class ConvLayer:
     padding: tuple
 
     def arrays(self, dtype=np.float32, seed=0):
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((self.n, self.c_in, self.size, self.size)).astype(dtype)
-        w = rng.standard_normal((self.c_out, self.c_in) + self.kernel).astype(dtype)
-        return x, w * np.float32(1 / np.sqrt(w[0].size)).astype(dtype)
+        return _random_arrays((self.n, self.c_in, self.size, self.size),
+                              (self.c_out, self.c_in) + self.kernel, dtype, seed)
 
     def kwargs(self):
         return dict(stride=self.stride, padding=self.padding)
@@ -77,10 +83,8 @@ class TransposeLayer:
     padding: int
 
     def arrays(self, dtype=np.float32, seed=0):
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((self.n, self.c_in, self.size, self.size)).astype(dtype)
-        w = rng.standard_normal((self.c_in, self.c_out, self.kernel, self.kernel)).astype(dtype)
-        return x, w * np.asarray(1 / np.sqrt(w[0].size), dtype=dtype)
+        return _random_arrays((self.n, self.c_in, self.size, self.size),
+                              (self.c_in, self.c_out, self.kernel, self.kernel), dtype, seed)
 
     def kwargs(self):
         return dict(stride=self.stride, padding=self.padding)

@@ -90,6 +90,15 @@ TRANSFORMS = {m: Transforms(m) for m in POINTS}
 # Filter transform U = G g G^T, cached
 # ---------------------------------------------------------------------------
 
+def rotated_weights(w, groups):
+    """The weights of a convolution's data gradient: each group's input and output
+    channels swapped, the kernel rotated 180 degrees: (K, C/g, r, r) -> (C, K/g, r, r)."""
+    k, c_per_group = w.shape[:2]
+    wg = w.reshape(groups, k // groups, c_per_group, *w.shape[2:])
+    return np.ascontiguousarray(np.swapaxes(wg, 1, 2)[:, :, :, ::-1, ::-1]
+                                .reshape(groups * c_per_group, k // groups, *w.shape[2:]))
+
+
 def filter_transform(w, m, groups, rotated=False):
     """``U[g, a*alpha + b, k, c] = (G w[g*Kg + k, c] G^T)[a, b]``, as (groups, alpha^2, Kg, Cg).
 
@@ -97,12 +106,9 @@ def filter_transform(w, m, groups, rotated=False):
     input and output channels swapped and the kernel rotated 180 degrees, so
     that ``dL/dX`` is a Winograd forward pass over ``dL/dY``.
     """
-    k, c_per_group = w.shape[:2]
     if rotated:
-        wg = w.reshape(groups, k // groups, c_per_group, R, R)
-        w = np.swapaxes(wg, 1, 2)[:, :, :, ::-1, ::-1].reshape(groups * c_per_group, k // groups,
-                                                                R, R)
-        k, c_per_group = w.shape[:2]
+        w = rotated_weights(w, groups)
+    k, c_per_group = w.shape[:2]
     g_mat = TRANSFORMS[m].matrices(w.dtype)[0]
     alpha = m + R - 1
     # (G g G^T)[a, b] = sum_ij G[a, i] G[b, j] g[i, j]: one matrix product of

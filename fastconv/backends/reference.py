@@ -20,7 +20,7 @@ padded input, of the same size as the output.
 import numpy as np
 
 from ..shapes import adaptive_window
-from ..winograd import R, TRANSFORMS
+from ..winograd import R, TRANSFORMS, rotated_weights
 from ._lowering import im2col_convolutions
 
 
@@ -199,14 +199,6 @@ def _winograd_correlate(x, w, b, y, m, pt, pl, groups):
     y[...] = tiles[:, :, :oh, :ow] + b[:, None, None]
 
 
-def _winograd_rotated(w, groups):
-    """The weights of the data gradient: channels swapped per group, kernel rotated 180 degrees."""
-    k, c_per_group = w.shape[:2]
-    wg = w.reshape(groups, k // groups, c_per_group, R, R)
-    return np.ascontiguousarray(
-        np.swapaxes(wg, 1, 2)[:, :, :, ::-1, ::-1].reshape(groups * c_per_group, k // groups, R, R))
-
-
 def _winograd_kernels(m):
     def forward(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         """Y = A^T [(G g G^T) (.) (B^T d B)] A on every tile (3x3, stride 1, dilation 1)."""
@@ -215,7 +207,7 @@ def _winograd_kernels(m):
     def backward_data(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         """dL/dX = rot180(W)^T correlated with dL/dY padded by 2-pt: a Winograd forward pass."""
         zeros = np.zeros(dx.shape[1], dtype=dx.dtype)
-        _winograd_correlate(dy, _winograd_rotated(w, groups), zeros, dx,
+        _winograd_correlate(dy, rotated_weights(w, groups), zeros, dx,
                             m, R - 1 - pt, R - 1 - pl, groups)
 
     forward.__name__ = f"conv2d_fwd_winograd{m}"

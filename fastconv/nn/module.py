@@ -93,10 +93,14 @@ class Layer:
         return [p for _, p in self.named_parameters()]
 
     def named_buffers(self, prefix=""):
-        for name in self._buffers:
-            yield prefix + name, getattr(self, name)
-        for name, child in self._children.items():
-            yield from child.named_buffers(prefix + name + ".")
+        for path, layer, name in self._buffer_slots(prefix):
+            yield path, getattr(layer, name)
+
+    def _buffer_slots(self, prefix=""):
+        """(dotted name, owning layer, attribute) of every buffer, walking the children."""
+        for path, layer in self._named_layers(prefix):
+            for name in layer._buffers:
+                yield path + name, layer, name
 
     def zero_grad(self):
         for p in self.parameters():
@@ -119,17 +123,11 @@ class Layer:
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = None if p.grad is None else p.grad.astype(dtype)
-        for layer, name in self._buffer_owners():
+        for _, layer, name in self._buffer_slots():
             value = getattr(layer, name)
             if value.dtype.kind == "f":
                 object.__setattr__(layer, name, value.astype(dtype))
         return self
-
-    def _buffer_owners(self):
-        for name in self._buffers:
-            yield self, name
-        for child in self._children.values():
-            yield from child._buffer_owners()
 
     def state_dict(self):
         """Parameters and buffers by dotted name (copies), layer by layer in PyTorch's order."""
@@ -149,9 +147,7 @@ class Layer:
         ignored. Values may be anything ``np.asarray`` takes (torch tensors too).
         """
         targets = {name: p for name, p in self.named_parameters()}
-        owners = {}
-        for layer, name in self._buffer_owners():
-            owners[layer._path_of(self, name)] = (layer, name)
+        owners = {path: (layer, name) for path, layer, name in self._buffer_slots()}
         wanted = {k for k in set(targets) | set(owners) if not k.endswith("num_batches_tracked")}
         given = {k for k in mapping if not k.endswith("num_batches_tracked")}
         missing, unexpected = sorted(wanted - given), sorted(given - wanted)
@@ -174,13 +170,6 @@ class Layer:
             else:
                 object.__setattr__(*owners[key], value)
         return missing, unexpected
-
-    def _path_of(self, root, name):
-        """Dotted state-dict name of this layer's buffer ``name`` under ``root``."""
-        for path, layer in root._named_layers(""):
-            if layer is self:
-                return path + name
-        raise KeyError(name)
 
     def _named_layers(self, prefix):
         yield prefix, self
