@@ -8,6 +8,11 @@ two nodes whose parameter gradients both add up. Shapes are inferred when the
 graph is built, by running each layer on an empty batch (every operation of
 fastconv accepts one) in eval mode, so a mismatch is reported at build time
 with the layer's name.
+
+In eval mode a graph runs for inference: it keeps no contexts and drops each
+intermediate tensor after its last use, so the peak memory is that of the
+widest cut of the graph, not the sum of its activations; ``backward`` then
+needs another forward pass in training mode.
 """
 
 import numpy as np
@@ -73,14 +78,14 @@ class Graph(Layer):
         self._single_output = isinstance(outputs, SymbolicTensor)
         self.inputs = [inputs] if self._single_input else list(inputs)
         self.outputs = [outputs] if self._single_output else list(outputs)
-        self.nodes = self._order()
+        self.nodes = self._order(self.outputs)
         for i, layer in enumerate(dict.fromkeys(n.layer for n in self.nodes)):
             setattr(self, getattr(layer, "name", None) or str(i), layer)
 
-    def _order(self):
-        """Nodes in topological order (depth-first from the outputs)."""
+    def _order(self, outputs):
+        """The nodes that ``outputs`` depend on, in topological order (depth-first)."""
         order, state = [], {}
-        for out in self.outputs:
+        for out in outputs:
             stack = [(out, False)]
             while stack:
                 tensor, done = stack.pop()
@@ -103,19 +108,30 @@ class Graph(Layer):
         return order
 
     def _forward(self, ctx, *arrays):
+        return self._run(ctx, arrays, self.nodes, self.outputs, self._single_output)
+
+    def _run(self, ctx, arrays, nodes, outputs, single_output):
+        """Run ``nodes`` (a topological order) on the input arrays and return ``outputs``."""
         if len(arrays) != len(self.inputs):
             raise ValueError(f"Graph: expected {len(self.inputs)} inputs, got {len(arrays)}")
         values = {id(t): a for t, a in zip(self.inputs, arrays)}
-        ctx.steps = []
-        for node in self.nodes:
+        ctx.steps = [] if self.training else None
+        last_use = {} if self.training else _last_uses(nodes, outputs)
+        for i, node in enumerate(nodes):
             step = Context()
             values[id(node.output)] = node.layer._forward(step, *(values[id(t)]
                                                                   for t in node.inputs))
-            ctx.steps.append((node, step))
-        out = [values[id(t)] for t in self.outputs]
-        return out[0] if self._single_output else tuple(out)
+            if ctx.steps is not None:
+                ctx.steps.append((node, step))
+            for key in last_use.get(i, ()):
+                del values[key]
+        out = [values[id(t)] for t in outputs]
+        return out[0] if single_output else tuple(out)
 
     def _backward(self, ctx, grad_out):
+        if ctx.steps is None:
+            raise RuntimeError("Graph.backward: the last forward ran in eval mode, which keeps "
+                               "no activations; call train() and run forward again")
         grads = dict(zip((id(t) for t in self.outputs),
                          [grad_out] if self._single_output else grad_out))
         for node, step in reversed(ctx.steps):
@@ -133,6 +149,21 @@ class Graph(Layer):
 
     def to_dot(self):
         return to_dot(self)
+
+
+def _last_uses(nodes, outputs):
+    """{position in ``nodes``: ids of the tensors read there for the last time}, leaving
+    out the outputs, so that inference can drop every other tensor when done with it."""
+    last = {}
+    for i, node in enumerate(nodes):
+        for t in node.inputs:
+            last[id(t)] = i
+    for t in outputs:
+        last.pop(id(t), None)
+    by_node = {}
+    for key, i in last.items():
+        by_node.setdefault(i, []).append(key)
+    return by_node
 
 
 # ---------------------------------------------------------------------------

@@ -2,9 +2,8 @@
 
 from collections import OrderedDict
 
-import numpy as np
-
 from .. import nn
+from ._common import initialise
 
 # channels of each 3x3 convolution, "M" for a 2x2 max pool
 CONFIGS = {
@@ -38,30 +37,8 @@ def _vgg(depth, batch_norm, num_classes, init_weights, dropout):
             nn.Linear(4096, num_classes))),                     # N x num_classes
     ]))
     if init_weights:
-        _init(model)
+        initialise(model, conv="kaiming", linear=("normal", 0.01))
     return model
-
-
-def _init(model):
-    """torchvision's VGG initialisation: Kaiming normal (fan_out, ReLU) convolutions,
-    N(0, 0.01) linear layers, zero biases, BatchNorm at identity."""
-    rng = np.random.default_rng()
-    for _, layer in _walk(model):
-        if isinstance(layer, nn.Conv2d):
-            w = layer.weight.data
-            std = np.sqrt(2.0 / (w.shape[0] * w.shape[2] * w.shape[3]))
-            layer.weight.data = rng.normal(0, std, w.shape).astype(w.dtype)
-            layer.bias.data[...] = 0
-        elif isinstance(layer, nn.Linear):
-            w = layer.weight.data
-            layer.weight.data = rng.normal(0, 0.01, w.shape).astype(w.dtype)
-            layer.bias.data[...] = 0
-
-
-def _walk(layer):
-    yield "", layer
-    for name, child in layer.named_children():
-        yield from _walk(child)
 
 
 def _builder(depth, batch_norm):

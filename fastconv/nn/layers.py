@@ -276,14 +276,20 @@ class Sequential(Layer):
         return len(self._children)
 
     def _forward(self, ctx, x):
-        ctx.steps = []
+        # in eval mode (inference) no context is kept, so each activation is freed
+        # as soon as the next layer has read it
+        ctx.steps = [] if self.training else None
         for layer in self._children.values():
             step = type(ctx)()
             x = layer._forward(step, x)
-            ctx.steps.append((layer, step))
+            if ctx.steps is not None:
+                ctx.steps.append((layer, step))
         return x
 
     def _backward(self, ctx, grad_out):
+        if ctx.steps is None:
+            raise RuntimeError("Sequential.backward: the last forward ran in eval mode, which "
+                               "keeps no activations; call train() and run forward again")
         for layer, step in reversed(ctx.steps):
             grad_out = layer._backward(step, grad_out)
         return grad_out

@@ -83,6 +83,10 @@ class Layer:
     def named_children(self):
         return iter(self._children.items())
 
+    def modules(self):
+        """This layer and every layer below it, each once, parents first."""
+        return list(dict.fromkeys(layer for _, layer in self._named_layers("")))
+
     def named_parameters(self, prefix=""):
         for name, p in self._parameters.items():
             yield prefix + name, p
