@@ -1,4 +1,5 @@
-"""The ``fastconv`` command line: ``fastconv bench``, ``fastconv train lenet5``, ``fastconv info``."""
+"""The ``fastconv`` command line: ``fastconv bench``, ``fastconv summary MODEL``,
+``fastconv train lenet5``, ``fastconv info``."""
 
 import argparse
 import fnmatch
@@ -9,7 +10,10 @@ import sys
 
 import numpy as np
 
-from . import __version__, backends, bench
+from . import __version__, backends, bench, models
+
+# the backbones that have a PyTorch counterpart to time against
+BENCH_MODELS = [name for name in models.__all__ if name != "lenet5"]
 
 
 def _fmt_ratio(ratio):
@@ -73,6 +77,8 @@ def cmd_bench(args):
         backends.get_backend(name)
     if args.quick:
         args.rounds = 3
+    if args.model:
+        return _bench_model(args, names, n_threads)
     conv_layers = _selected(bench.CONV_LAYERS, args.layers)
     pool_layers = _selected(bench.POOL_LAYERS, args.layers)
     mode = "the auto algorithm" if args.quick else "every algorithm"
@@ -111,6 +117,27 @@ def cmd_bench(args):
                   f"{_fmt_ratio(ratio)}", flush=True)
     for title, best in results.items():
         _summary(title, best, names)
+    return 0
+
+
+def _bench_model(args, names, n_threads):
+    print(f"fastconv {__version__} bench: {args.model} inference (eval mode), batch "
+          f"{args.batch}, {'x'.join(map(str, bench.model_input_shape(args.model)[1:]))} float32, {n_threads} threads; best of "
+          f"{args.rounds} interleaved rounds; ratio = torch time / fastconv time")
+    print(f"\n{'backend':<8} {'time ms':>10} {'vs torch':>8} {'max |error| / max |torch|':>27}")
+    for backend, seconds, ratio, error in bench.run_model(args.model, names, args.rounds,
+                                                          n_threads, args.batch):
+        err = f"{error:27.1e}" if error is not None else f"{'-':>27}"
+        print(f"{backend:<8} {seconds * 1e3:10.1f} {_fmt_ratio(ratio)} {err}", flush=True)
+    return 0
+
+
+def cmd_summary(args):
+    model = getattr(models, args.model)()
+    shape = bench.model_input_shape(args.model)
+    print(f"{args.model}: output shapes for one {shape[1]}x{shape[2]} image (batch axis "
+          f"left out), multiply-adds per image")
+    print(model.summary(shape))
     return 0
 
 
@@ -184,7 +211,14 @@ def main(argv=None):
                          help="interleaved timing rounds (the best is kept)")
     p_bench.add_argument("--pass", dest="passes", choices=["forward", "backward", "both"],
                          default="both", help="which convolution passes to time")
+    p_bench.add_argument("--model", choices=BENCH_MODELS,
+                         help="time end-to-end inference of a backbone instead of the layers")
+    p_bench.add_argument("--batch", type=int, default=1, help="batch size for --model")
     p_bench.set_defaults(func=cmd_bench)
+    p_summary = sub.add_parser("summary", help="a backbone's layers, output shapes, "
+                                               "parameters and multiply-adds")
+    p_summary.add_argument("model", choices=models.__all__)
+    p_summary.set_defaults(func=cmd_summary)
     p_train = sub.add_parser("train", help="train a model on real data (lenet5: digits)")
     p_train.add_argument("model", choices=["lenet5"])
     p_train.add_argument("--epochs", type=int, default=12)

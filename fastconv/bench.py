@@ -270,3 +270,56 @@ def run_pool(layer, backend_names=None, rounds=5, n_threads=None):
     torch_time = times[0] if torch is not None else None
     return [(label, t, traffic / t, torch_time / t if torch_time else None)
             for label, t in zip(labels, times)]
+
+
+def model_input_shape(name):
+    """The (channels, height, width) a backbone is built for (and its summary shows)."""
+    return (1, 32, 32) if name == "lenet5" else (3, 299, 299) if name == "inception_v3" \
+        else (3, 224, 224)
+
+
+def run_model(name, backend_names=None, rounds=5, n_threads=None, batch=1):
+    """End-to-end eval-mode inference of ``fastconv.models.<name>`` on random images:
+    rows of (backend, seconds, ratio to torch, relative error against torch).
+
+    PyTorch runs the same architecture (torchvision's, or its ``torch.nn`` rebuild)
+    carrying the same weights, so the outputs are compared as well as the times.
+    """
+    from . import models
+
+    n_threads = n_threads or backends.get_num_threads()
+    shape = (batch,) + model_input_shape(name)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    ours = getattr(models, name)().eval()
+    labels, fns, expected = [], [], None
+    torch = _torch(n_threads)
+    if torch is not None:
+        from .models.torch_reference import build
+
+        reference = build(name).eval()
+        ours.load_state_dict(reference.state_dict())
+        xt = torch.from_numpy(x)
+
+        def torch_inference():
+            with torch.inference_mode():
+                return reference(xt)
+
+        expected = torch_inference().numpy()
+        labels.append("torch")
+        fns.append(torch_inference)
+    errors = {"torch": 0.0}
+    previous = backends.set_backend(None)
+    try:
+        for backend in backend_names or backends.available_backends():
+            backends.set_backend(backend)
+            out = ours(x)
+            if expected is not None:
+                errors[backend] = float(np.abs(out - expected).max() / np.abs(expected).max())
+            labels.append(backend)
+            fns.append(lambda b=backend: (backends.set_backend(b), ours(x)))
+        times = best_times(fns, rounds, max_time=30.0)
+    finally:
+        backends.set_backend(previous)
+    torch_time = times[0] if torch is not None else None
+    return [(label, t, torch_time / t if torch_time else None, errors.get(label))
+            for label, t in zip(labels, times)]

@@ -144,9 +144,6 @@ class Graph(Layer):
         result = [grads.get(id(t)) for t in self.inputs]
         return result[0] if self._single_input else tuple(result)
 
-    def summary(self):
-        return summary(self)
-
     def to_dot(self):
         return to_dot(self)
 
@@ -198,13 +195,23 @@ def _rows(model, input_shape):
         raise ValueError("summary: input_shape (without the batch axis) is needed for a "
                          "layer that is not a Graph")
     shape = tuple(input_shape)
-    steps = list(model.named_children()) if model._children else [("", model)]
-    for name, layer in steps:
+    for name, layer in _leaves(model):
         node = Node(layer, [SymbolicTensor(shape)])
         yield (name, type(layer).__name__, node.output.shape,
                sum(p.data.size for p in layer.parameters()), _macs(layer, [shape],
                                                                   node.output.shape))
         shape = node.output.shape
+
+
+def _leaves(layer, prefix=""):
+    """(dotted name, layer) of the steps of a Sequential, nested ones opened up."""
+    from .nn import Sequential
+
+    if not isinstance(layer, Sequential):
+        yield prefix or type(layer).__name__, layer
+        return
+    for name, child in layer.named_children():
+        yield from _leaves(child, f"{prefix}.{name}" if prefix else name)
 
 
 def summary(model, input_shape=None):

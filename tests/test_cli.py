@@ -37,3 +37,30 @@ def test_module_entry_point_rejects_unknown_command():
 def test_bench_rejects_unknown_backend():
     with pytest.raises(SystemExit):
         main(["bench", "--backend", "tpu"])
+
+
+def test_summary_prints_every_layer_and_torchvisions_totals(capsys):
+    assert main(["summary", "resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^layer4\.2\.conv3\s+Conv2d\s+\(2048, 7, 7\)\s+1,048,576\s+51,380,224$",
+                     out, re.M)
+    # torchvision's 25,557,032 parameters and torchinfo's 4.09 G multiply-adds
+    assert out.splitlines()[-1].split()[1:] == ["25,557,032", "4,089,184,256"]
+    assert main(["summary", "vgg16"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^features\.28\s+Conv2d\s+\(512, 14, 14\)", out, re.M)
+    assert out.splitlines()[-1].split()[1:] == ["138,357,544", "15,470,264,320"]
+
+
+def test_bench_model_times_inference_against_torch(capsys):
+    assert main(["bench", "--model", "resnet18", "--backend", "numba", "--rounds", "1",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    row = re.search(r"^numba\s+([\d.]+)\s+(\S+)\s+(\S+)$", out, re.M)
+    assert row and float(row.group(1)) > 0
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert row.group(2) == row.group(3) == "-"
+    else:                                   # same weights as PyTorch's model, same output
+        assert float(row.group(2)) > 0 and float(row.group(3)) <= 1e-4

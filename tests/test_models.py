@@ -119,7 +119,7 @@ def test_eval_forward_frees_activations_after_their_last_use():
 
 
 torch = pytest.importorskip("torch")
-from torch_models import build as torch_reference   # noqa: E402  (needs torch)
+from fastconv.models.torch_reference import build as torch_reference   # noqa: E402
 
 
 def _randomise_batchnorm(reference):

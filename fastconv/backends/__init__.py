@@ -94,11 +94,13 @@ def default_backend(kernel=None):
 
 
 def set_backend(name):
-    """Make ``name`` the default backend (``None`` restores the automatic choice)."""
+    """Make ``name`` the default backend (``None`` restores the automatic choice);
+    returns the previous setting, so that it can be restored."""
     global _default
     if name is not None:
         get_backend(name)
-    _default = name
+    previous, _default = _default, name
+    return previous
 
 
 # ---------------------------------------------------------------------------

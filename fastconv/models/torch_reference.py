@@ -1,6 +1,7 @@
-"""torchvision's architectures rebuilt from ``torch.nn``, the references of the backbone
-tests when torchvision is not installed. Written from torchvision's documented
-structure, independently of fastconv's graphs; the state-dict keys are torchvision's.
+"""torchvision's architectures rebuilt from ``torch.nn``: the PyTorch side of
+``fastconv bench --model`` and of the backbone tests when torchvision is not
+installed. Written from torchvision's documented structure, independently of
+fastconv's graphs; the state-dict keys are torchvision's. Needs torch.
 """
 
 from collections import OrderedDict
@@ -320,6 +321,8 @@ def vgg(config, batch_norm):
 
 def build(name):
     """The reference for ``fastconv.models.<name>`` (torchvision's when it imports)."""
+    if name not in MODELS:
+        raise ValueError(f"no PyTorch reference for model {name!r}; expected one of {MODELS}")
     try:
         import torchvision
         kw = dict(aux_logits=True, init_weights=True) if name in ("googlenet",
@@ -327,10 +330,11 @@ def build(name):
         return getattr(torchvision.models, name)(**kw)
     except ImportError:
         pass
-    from fastconv.models.vgg import CONFIGS
+    from .vgg import CONFIGS
 
     depths = {"resnet18": ([2, 2, 2, 2], False), "resnet34": ([3, 4, 6, 3], False),
-              "resnet50": ([3, 4, 6, 3], True), "resnet101": ([3, 4, 23, 3], True)}
+              "resnet50": ([3, 4, 6, 3], True), "resnet101": ([3, 4, 23, 3], True),
+              "resnet152": ([3, 8, 36, 3], True)}
     if name in depths:
         return ResNet(*depths[name])
     if name == "googlenet":
@@ -339,5 +343,9 @@ def build(name):
         return Inception3()
     if name == "alexnet":
         return alexnet()
-    depth, bn = int(name[3:5]), name.endswith("_bn")
-    return vgg(CONFIGS[depth], bn)
+    return vgg(CONFIGS[int(name[3:5])], name.endswith("_bn"))
+
+
+MODELS = ("alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19",
+          "vgg19_bn", "googlenet", "inception_v3", "resnet18", "resnet34", "resnet50",
+          "resnet101", "resnet152")
