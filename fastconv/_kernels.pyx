@@ -889,3 +889,30 @@ def adaptive_avgpool2d_bwd(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW
                     for ih in range(h0, h1):
                         for iw in range(w0, w1):
                             dx[n, c, ih, iw] += share
+
+
+# ---------------------------------------------------------------------------
+# Per-channel scale and shift (BatchNorm at inference), with an optional ReLU
+# ---------------------------------------------------------------------------
+
+def channel_affine(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                   const floating[::1] scale,        # IN  (C,)
+                   const floating[::1] shift,        # IN  (C,)
+                   floating[:, :, :, ::1] y,         # OUT (N, C, H, W), may be x itself
+                   bint relu, int n_threads):
+    """y = x * scale[c] + shift[c], then max(y, 0) if ``relu`` (NaN stays NaN)."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t plane, n, c, i, j
+    cdef floating a, b, v
+    with nogil:
+        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            a = scale[c]
+            b = shift[c]
+            for i in range(H):
+                for j in range(W):
+                    v = x[n, c, i, j] * a + b
+                    if relu and v < 0:
+                        v = 0
+                    y[n, c, i, j] = v

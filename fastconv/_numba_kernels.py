@@ -862,3 +862,30 @@ def adaptive_avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
                 for ih in range(h0, h1):
                     for iw in range(w0, w1):
                         dst[_u(ih), _u(iw)] += share
+
+
+# ---------------------------------------------------------------------------
+# Per-channel scale and shift (BatchNorm at inference), with an optional ReLU
+# ---------------------------------------------------------------------------
+
+@pnjit
+def channel_affine(x,      # IN  (N, C, H, W)
+                   scale,  # IN  (C,)
+                   shift,  # IN  (C,)
+                   y,      # OUT (N, C, H, W), may be x itself
+                   relu, n_threads):
+    """y = x * scale[c] + shift[c], then max(y, 0) if ``relu`` (NaN stays NaN)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for plane in prange(x.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        a = scale[c]
+        b = shift[c]
+        src = x[n, c]
+        dst = y[n, c]
+        for i in range(H):
+            for j in range(W):
+                v = src[_u(i), _u(j)] * a + b
+                if relu and v < 0:
+                    v = x.dtype.type(0)
+                dst[_u(i), _u(j)] = v

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backends, functional
+from . import backends, functional, nn
 from .select import winograd_applicable
 from .shapes import conv2d_geometry, gflop
 
@@ -278,6 +278,21 @@ def model_input_shape(name):
         else (3, 224, 224)
 
 
+def _calibrate_batchnorm(model, x):
+    """Running statistics of every BatchNorm set to those of ``x``'s activations (one
+    training-mode pass with momentum 1), then eval mode: the activations of the timed
+    inference keep their scale through the depth of the network, as with trained
+    weights, instead of fading towards zero or subnormal numbers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
 def run_model(name, backend_names=None, rounds=5, n_threads=None, batch=1):
     """End-to-end eval-mode inference of ``fastconv.models.<name>`` on random images:
     rows of (backend, seconds, ratio to torch, relative error against torch).
@@ -290,14 +305,15 @@ def run_model(name, backend_names=None, rounds=5, n_threads=None, batch=1):
     n_threads = n_threads or backends.get_num_threads()
     shape = (batch,) + model_input_shape(name)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    ours = getattr(models, name)().eval()
+    ours = getattr(models, name)()
+    _calibrate_batchnorm(ours, x)
     labels, fns, expected = [], [], None
     torch = _torch(n_threads)
     if torch is not None:
         from .models.torch_reference import build
 
         reference = build(name).eval()
-        ours.load_state_dict(reference.state_dict())
+        reference.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
         xt = torch.from_numpy(x)
 
         def torch_inference():

@@ -538,3 +538,43 @@ def adaptive_avg_pool2d_backward(grad_out, x, output_size, *, backend=None):
     grad_x = _alloc(x.shape, x.dtype)
     _kernel(module, "adaptive_avgpool2d_bwd", op)(grad_out, grad_x, _backends.get_num_threads())
     return grad_x
+
+
+def channel_affine(x, scale, shift, *, relu=False, out=None, backend=None):
+    """``y[n, c] = x[n, c] * scale[c] + shift[c]``, then ``max(y, 0)`` if ``relu``: the
+    form BatchNorm takes at inference, where ``scale = gamma / sqrt(var + eps)`` and
+    ``shift = beta - mean * scale``. NaN stays NaN, as in PyTorch.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C, H, W)
+    scale, shift : array_like, (C,)
+        Cast to ``x``'s dtype.
+    out : ndarray, optional
+        Where to write (``x`` itself is allowed): C-contiguous, ``x``'s shape and dtype.
+
+    Returns
+    -------
+    y : ndarray, (N, C, H, W)
+    """
+    op = "channel_affine"
+    x = _shapes.float_array(x, "x", op, ndim=4)
+    c = x.shape[1]
+    scale, shift = (np.ascontiguousarray(v, dtype=x.dtype) for v in (scale, shift))
+    for name, v in (("scale", scale), ("shift", shift)):
+        if v.shape != (c,):
+            raise ValueError(f"{op}: {name} must have shape ({c},) for x of shape {x.shape}, "
+                             f"got {v.shape}")
+    if out is not None and (not isinstance(out, np.ndarray) or out.shape != x.shape
+                            or out.dtype != x.dtype or not out.flags.c_contiguous
+                            or not out.flags.writeable):
+        got = (f"a {out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray)
+               else type(out).__name__)
+        raise ValueError(f"{op}: out must be a writeable C-contiguous {x.dtype} array of "
+                         f"shape {x.shape}, got {got}")
+    module = _backends.get_backend(backend, "channel_affine")
+    (x,) = _contiguous(x)
+    y = _alloc(x.shape, x.dtype) if out is None else out
+    _kernel(module, "channel_affine", op)(x, scale, shift, y, bool(relu),
+                                          _backends.get_num_threads())
+    return y

@@ -119,6 +119,9 @@ class Graph(Layer):
         last_use = {} if self.training else _last_uses(nodes, outputs)
         for i, node in enumerate(nodes):
             step = Context()
+            if ctx.steps is None:
+                step.inference = True
+                step.overwrite = _may_overwrite(node, values, last_use.get(i, ()), arrays)
             values[id(node.output)] = node.layer._forward(step, *(values[id(t)]
                                                                   for t in node.inputs))
             if ctx.steps is not None:
@@ -161,6 +164,19 @@ def _last_uses(nodes, outputs):
     for key, i in last.items():
         by_node.setdefault(i, []).append(key)
     return by_node
+
+
+def _may_overwrite(node, values, dying, protected):
+    """Whether ``node`` may write over its first input: the tensor is read there for
+    the last time, only once, and shares no memory with any other live array or
+    with the caller's inputs (a layer such as Flatten or eval-mode Dropout returns
+    a view of its input, or the input itself)."""
+    first = node.inputs[0]
+    if id(first) not in dying or sum(t is first for t in node.inputs) > 1:
+        return False
+    a = values[id(first)]
+    others = [v for key, v in values.items() if key != id(first)]
+    return not any(np.may_share_memory(a, v) for v in others + list(protected))
 
 
 # ---------------------------------------------------------------------------

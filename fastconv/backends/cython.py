@@ -28,6 +28,7 @@ avgpool2d_fwd = _kernels.avgpool2d_fwd
 avgpool2d_bwd = _kernels.avgpool2d_bwd
 adaptive_avgpool2d_fwd = _kernels.adaptive_avgpool2d_fwd
 adaptive_avgpool2d_bwd = _kernels.adaptive_avgpool2d_bwd
+channel_affine = _kernels.channel_affine
 conv2d_fwd_direct = _kernels.conv2d_fwd_direct
 conv2d_bwd_data_direct = _kernels.conv2d_bwd_data_direct
 conv2d_bwd_weight_direct = _kernels.conv2d_bwd_weight_direct

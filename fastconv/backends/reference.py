@@ -350,3 +350,14 @@ def adaptive_avgpool2d_bwd(dy, dx, n_threads):
         for s in range(ow):
             s0, s1 = adaptive_window(s, w, ow)
             dx[:, :, r0:r1, s0:s1] += dy[:, :, r, s, None, None] / ((r1 - r0) * (s1 - s0))
+
+
+def channel_affine(x, scale, shift, y, relu, n_threads):
+    """y = x * scale[c] + shift[c], then max(y, 0) if ``relu`` (NaN stays NaN).
+
+    x : (N, C, H, W)  # IN     scale, shift : (C,)  # IN     y : like x, may be x  # OUT
+    """
+    np.multiply(x, scale[:, None, None], out=y)
+    y += shift[:, None, None]
+    if relu:
+        np.maximum(y, 0, out=y)

@@ -118,6 +118,8 @@ class ReLU(Layer):
     """max(x, 0); NaN stays NaN, as in PyTorch."""
 
     def _forward(self, ctx, x):
+        if ctx.inference:
+            return np.maximum(x, 0, out=x if ctx.overwrite else None)
         ctx.positive = x > 0
         return np.maximum(x, 0)
 
@@ -279,8 +281,12 @@ class Sequential(Layer):
         # in eval mode (inference) no context is kept, so each activation is freed
         # as soon as the next layer has read it
         ctx.steps = [] if self.training else None
+        caller = x
         for layer in self._children.values():
             step = type(ctx)()
+            if ctx.steps is None:
+                step.inference = True
+                step.overwrite = not np.may_share_memory(x, caller)
             x = layer._forward(step, x)
             if ctx.steps is not None:
                 ctx.steps.append((layer, step))
@@ -360,12 +366,25 @@ class BatchNorm2d(Layer):
                 self.num_batches_tracked += 1
         else:
             mean, var = self.running_mean, self.running_var
+            if ctx.inference:
+                return self._affine(x, mean, var, ctx.overwrite)
         inv = 1 / np.sqrt(var + self.eps)
         xhat = (x - mean[:, None, None]) * inv[:, None, None]
         ctx.xhat, ctx.inv, ctx.batch = xhat, inv, use_batch
         if self.weight is None:
             return xhat.astype(x.dtype)
         return (xhat * self.weight.data[:, None, None] + self.bias.data[:, None, None]).astype(x.dtype)
+
+    def _affine(self, x, mean, var, overwrite):
+        """Inference with the running statistics as one scale and shift per channel,
+        ``y = x * scale + shift``, written over ``x`` when that is allowed."""
+        scale = 1 / np.sqrt(var.astype(np.float64) + self.eps)
+        if self.weight is not None:
+            scale *= self.weight.data
+        shift = -mean * scale
+        if self.bias is not None:
+            shift += self.bias.data
+        return F.channel_affine(x, scale, shift, out=x if overwrite else None)
 
     def _backward(self, ctx, grad_out):
         xhat, inv = ctx.xhat, ctx.inv
@@ -430,6 +449,11 @@ class Add(Layer):
     def _forward(self, ctx, *inputs):
         ctx.n = len(inputs)
         out = inputs[0]
+        if ctx.overwrite and np.broadcast_shapes(*(a.shape for a in inputs)) == out.shape \
+                and np.result_type(*inputs) == out.dtype:
+            for a in inputs[1:]:
+                out += a
+            return out
         for a in inputs[1:]:
             out = out + a
         return out

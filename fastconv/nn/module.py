@@ -23,7 +23,17 @@ class Parameter:
 
 
 class Context:
-    """What one forward call leaves for its backward call."""
+    """What one forward call leaves for its backward call.
+
+    A container running inference (eval mode) sets ``inference``: no backward
+    will follow, so a layer need keep nothing. It also sets ``overwrite`` when
+    the layer's first input is read for the last time and shares no memory with
+    any other live array, so that the layer may write its output there (ReLU,
+    BatchNorm, Add do, as PyTorch's ``inplace=True`` layers do).
+    """
+
+    inference = False
+    overwrite = False
 
 
 class Layer:

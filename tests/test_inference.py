@@ -1,0 +1,101 @@
+"""Eval-mode inference: BatchNorm as one per-channel scale and shift (channel_affine on
+every backend), layers that write over inputs nothing else reads, and never over the
+caller's arrays or arrays that another tensor still views."""
+
+import numpy as np
+import pytest
+
+import fastconv as fc
+from fastconv import nn
+from fastconv.functional import channel_affine
+
+from configs import rel_err
+from conftest import BACKENDS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("relu", [False, True])
+def test_channel_affine_matches_the_formula(backend, dtype, relu):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 7, 3)).astype(dtype)
+    x[0, 1, 2, 2] = np.nan
+    x[1, 4, 0, 0] = -np.inf
+    scale, shift = rng.standard_normal(5), rng.standard_normal(5)
+    expected = x.astype(np.float64) * scale[:, None, None] + shift[:, None, None]
+    if relu:
+        expected = np.where(expected < 0, 0, expected)       # NaN stays NaN
+    before = x.copy()
+    y = channel_affine(x, scale, shift, relu=relu, backend=backend)
+    assert y.dtype == dtype and np.array_equal(x, before, equal_nan=True)
+    assert np.isnan(y[0, 1, 2, 2])
+    tol = 1e-6 if dtype == np.float32 else 1e-14        # inf and NaN must match exactly
+    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol * 4, equal_nan=True)
+    out = channel_affine(x, scale, shift, relu=relu, out=x, backend=backend)
+    assert out is x and np.array_equal(x, y, equal_nan=True)
+
+
+def test_channel_affine_rejects_bad_arguments():
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=r"scale must have shape \(3,\)"):
+        channel_affine(x, np.ones(2), np.zeros(3))
+    with pytest.raises(ValueError, match="out must be"):
+        channel_affine(x, np.ones(3), np.zeros(3), out=np.zeros((1, 3, 2, 2)))
+    with pytest.raises(ValueError, match="out must be"):
+        channel_affine(x, np.ones(3), np.zeros(3), out=x[:, :, :, ::-1])
+
+
+def _batchnorm(c, rng):
+    bn = nn.BatchNorm2d(c)
+    bn.running_mean[...] = rng.standard_normal(c)
+    bn.running_var[...] = rng.uniform(0.5, 2, c)
+    bn.weight.data[...] = rng.uniform(0.5, 1.5, c)
+    bn.bias.data[...] = rng.standard_normal(c)
+    return bn
+
+
+def test_inference_gives_what_the_eval_layers_give_alone_and_keeps_inputs():
+    rng = np.random.default_rng(1)
+    bn = _batchnorm(4, rng)
+    layers = [nn.Conv2d(3, 4, 3, padding=1), bn, nn.ReLU(), nn.Dropout(), nn.Identity(),
+              nn.MaxPool2d(2), nn.Flatten(), nn.ReLU()]
+    model = nn.Sequential(*layers).eval()
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    before = x.copy()
+    expected = x
+    for layer in layers:                       # each layer on its own, eval mode
+        expected = layer.forward(expected)
+    np.testing.assert_allclose(model(x), expected, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(x, before)
+    # a Sequential that starts with layers returning the caller's array itself
+    passthrough = nn.Sequential(nn.Identity(), nn.Dropout(), nn.ReLU(), _batchnorm(3, rng))
+    passthrough.eval()(x)
+    assert np.array_equal(x, before)
+
+
+def test_graph_never_overwrites_a_tensor_that_is_still_read():
+    rng = np.random.default_rng(2)
+    conv, bn = nn.Conv2d(3, 3, 1), _batchnorm(3, rng)
+    image = fc.Input((3, 5, 5))
+    a = conv(image)
+    b = nn.ReLU()(nn.Identity()(a))     # last read of a view of `a`, while `a` is read below
+    out = nn.Add()(b, bn(a))
+    graph = fc.Graph(image, [out, nn.ReLU()(nn.Identity()(image))]).eval()
+    x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    before = x.copy()
+    got, relu_x = graph(x)
+    a_ = conv.forward(x)
+    np.testing.assert_allclose(got, np.maximum(a_, 0) + bn.forward(a_), rtol=1e-6, atol=1e-6)
+    assert np.array_equal(x, before) and np.array_equal(relu_x, np.maximum(x, 0))
+
+
+def test_batchnorm_inference_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    bn = _batchnorm(6, rng)
+    ref = torch.nn.BatchNorm2d(6).eval()
+    ref.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in bn.state_dict().items()})
+    x = rng.standard_normal((2, 6, 4, 3)).astype(np.float32)
+    model = nn.Sequential(nn.Identity(), bn).eval()
+    with torch.no_grad():
+        assert rel_err(model(x), ref(torch.from_numpy(x)).numpy()) <= 1e-6
