@@ -74,12 +74,16 @@ def _blas_address(name):
 
 # The compiled code calls BLAS by a symbol name that is bound to the address
 # at import, not by an address baked into it, so that Numba can cache it.
-for _name in ("sgemm", "dgemm"):
+for _name in ("sgemm", "dgemm", "sgemv", "dgemv"):
     llvmlite.binding.add_symbol(f"fastconv_{_name}", _blas_address(_name))
 _sgemm = numba.types.ExternalFunction("fastconv_sgemm",
                                       numba.types.void(*[numba.types.voidptr] * 13))
 _dgemm = numba.types.ExternalFunction("fastconv_dgemm",
                                       numba.types.void(*[numba.types.voidptr] * 13))
+_sgemv = numba.types.ExternalFunction("fastconv_sgemv",
+                                      numba.types.void(*[numba.types.voidptr] * 11))
+_dgemv = numba.types.ExternalFunction("fastconv_dgemv",
+                                      numba.types.void(*[numba.types.voidptr] * 11))
 
 
 @njit
@@ -105,6 +109,26 @@ def _gemm(trans_a, trans_b, m, n, k, alpha, a, a0, lda, b, b0, ldb, beta, c, c0,
         _dgemm(flags[1:].ctypes, flags.ctypes, ints.ctypes, ints[1:].ctypes, ints[2:].ctypes,
                scalars.ctypes, b[b0:].ctypes, ints[3:].ctypes, a[a0:].ctypes, ints[4:].ctypes,
                scalars[1:].ctypes, c[c0:].ctypes, ints[5:].ctypes)
+
+
+@njit
+def _gemv_rows(m, n, a, a0, lda, x, y, y0):
+    """``y[y0:y0+m] = A x`` for a row-major A (m x n) starting at a0: column-major BLAS
+    reads A as its transpose, so it is called with "T"."""
+    flag = np.empty(1, np.uint8)
+    flag[0] = ord("T")
+    ints = np.empty(4, np.int32)
+    ints[0], ints[1], ints[2], ints[3] = n, m, lda, 1
+    scalars = np.empty(2, y.dtype)
+    scalars[0], scalars[1] = 1, 0
+    if y.itemsize == 4:
+        _sgemv(flag.ctypes, ints.ctypes, ints[1:].ctypes, scalars.ctypes, a[a0:].ctypes,
+               ints[2:].ctypes, x.ctypes, ints[3:].ctypes, scalars[1:].ctypes,
+               y[y0:].ctypes, ints[3:].ctypes)
+    else:
+        _dgemv(flag.ctypes, ints.ctypes, ints[1:].ctypes, scalars.ctypes, a[a0:].ctypes,
+               ints[2:].ctypes, x.ctypes, ints[3:].ctypes, scalars[1:].ctypes,
+               y[y0:].ctypes, ints[3:].ctypes)
 
 
 # ---------------------------------------------------------------------------
@@ -889,3 +913,34 @@ def channel_affine(x,      # IN  (N, C, H, W)
                 if relu and v < 0:
                     v = x.dtype.type(0)
                 dst[_u(i), _u(j)] = v
+
+
+# ---------------------------------------------------------------------------
+# Fully connected layer
+# ---------------------------------------------------------------------------
+
+@pnjit
+def linear_fwd(x,  # IN  (B, in)
+               w,  # IN  (out, in)
+               b,  # IN  (out,), or empty for no bias
+               y,  # OUT (B, out)
+               n_threads):
+    """Y = X . W^T + b, each thread a share of the output features (in runs of 16,
+    whole cache lines of Y) with one single-threaded GEMM. At batch 1 the product
+    only streams W from memory, and one core cannot draw the bandwidth that two can."""
+    B, IN, OUT = x.shape[0], x.shape[1], w.shape[0]
+    runs = _ceil_div(OUT, 16)
+    xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
+    for t in prange(n_threads):
+        o0 = min(OUT, _share(runs, t, n_threads) * 16)
+        o1 = min(OUT, _share(runs, t + 1, n_threads) * 16)
+        if o1 == o0:
+            continue
+        if B == 1:      # a matrix-vector product: GEMM would first copy its share of W
+            _gemv_rows(o1 - o0, IN, wf, o0 * IN, IN, xf, yf, o0)
+        else:
+            _gemm(False, True, B, o1 - o0, IN, 1, xf, 0, IN, wf, o0 * IN, IN, 0, yf, o0, OUT)
+        if b.shape[0]:
+            for i in range(B):
+                for o in range(o0, o1):
+                    y[i, o] += b[o]

@@ -578,3 +578,43 @@ def channel_affine(x, scale, shift, *, relu=False, out=None, backend=None):
     _kernel(module, "channel_affine", op)(x, scale, shift, y, bool(relu),
                                           _backends.get_num_threads())
     return y
+
+
+def linear(x, weight, bias=None, *, backend=None):
+    """``y = x W^T + b`` over the last axis of ``x``, as ``torch.nn.functional.linear``.
+
+    The compiled backends give each thread a share of the output features with a
+    single-threaded BLAS product, so that batch-1 inference, which only streams
+    ``W`` from memory, draws on every core's bandwidth.
+
+    Parameters
+    ----------
+    x : ndarray, (..., in_features)
+    weight : ndarray, (out_features, in_features)
+    bias : ndarray, (out_features,), optional
+
+    Returns
+    -------
+    y : ndarray, (..., out_features)
+    """
+    op = "linear"
+    x = _shapes.float_array(x, "x", op)
+    weight = _shapes.float_array(weight, "weight", op, ndim=2, like=x)
+    out_features, in_features = weight.shape
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"{op}: x must have in_features={in_features} in its last axis, "
+                         f"got shape {x.shape}")
+    if bias is not None:
+        bias = _shapes.float_array(bias, "bias", op, ndim=1, like=x)
+        if bias.shape != (out_features,):
+            raise ValueError(f"{op}: bias must have shape ({out_features},), got {bias.shape}")
+    module = _backends.get_backend(backend, "linear_fwd")
+    x2 = x.reshape(int(np.prod(x.shape[:-1])), in_features)
+    y = _alloc((x2.shape[0], out_features), x.dtype)
+    if y.size and in_features:
+        x2, weight, bias = _contiguous(x2, weight, bias)
+        b = np.empty(0, x.dtype) if bias is None else bias
+        _kernel(module, "linear_fwd", op)(x2, weight, b, y, _backends.get_num_threads())
+    else:
+        y[...] = 0 if bias is None else bias
+    return y.reshape(x.shape[:-1] + (out_features,))

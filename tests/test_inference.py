@@ -99,3 +99,31 @@ def test_batchnorm_inference_matches_torch():
     model = nn.Sequential(nn.Identity(), bn).eval()
     with torch.no_grad():
         assert rel_err(model(x), ref(torch.from_numpy(x)).numpy()) <= 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape,out_features,bias", [
+    ((1, 37), 53, True), ((1, 300), 1000, False), ((5, 37), 3, True), ((2, 3, 8), 17, True),
+    ((0, 4), 3, True), ((2, 0), 3, True), ((1, 5), 1, False)])
+def test_linear_matches_the_float64_product(backend, dtype, x_shape, out_features, bias):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal((out_features, x_shape[-1])).astype(dtype)
+    b = rng.standard_normal(out_features).astype(dtype) if bias else None
+    expected = x.astype(np.float64) @ w.T.astype(np.float64) + (0 if b is None else b)
+    y = fc.functional.linear(x, w, b, backend=backend)
+    assert y.shape == expected.shape and y.dtype == dtype
+    assert rel_err(y, expected) <= (1e-6 if dtype == np.float32 else 1e-13)
+
+
+def test_linear_rejects_bad_arguments():
+    x, w = np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="in_features=4"):
+        fc.functional.linear(np.zeros((2, 5), np.float32), w)
+    with pytest.raises(ValueError, match=r"bias must have shape \(3,\)"):
+        fc.functional.linear(x, w, np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="weight has dtype float64"):
+        fc.functional.linear(x, w.astype(np.float64))
+    with pytest.raises(ValueError, match="2-D"):
+        fc.functional.linear(x, w[None])

@@ -38,6 +38,17 @@ def im2col_convolutions(kernels):
     return conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col
 
 
+def pinned_blas(kernel):
+    """``kernel`` (one that calls BLAS from its own threads) run with BLAS on one thread."""
+
+    def run(*args):
+        with single_threaded_blas():
+            kernel(*args)
+
+    run.__name__ = kernel.__name__
+    return run
+
+
 def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
     """``(conv2d_fwd_winograd<m>, conv2d_bwd_data_winograd<m>, conv2d_bwd_weight_winograd<m>)``.
 

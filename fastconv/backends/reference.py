@@ -361,3 +361,13 @@ def channel_affine(x, scale, shift, y, relu, n_threads):
     y += shift[:, None, None]
     if relu:
         np.maximum(y, 0, out=y)
+
+
+def linear_fwd(x, w, b, y, n_threads):
+    """Y = X . W^T + b.
+
+    x : (B, in)  # IN     w : (out, in)  # IN     b : (out,) or (0,)  # IN     y : (B, out)  # OUT
+    """
+    np.matmul(x, w.T, out=y)
+    if b.shape[0]:
+        y += b

@@ -77,10 +77,12 @@ class Conv2d(Layer):
 class Linear(Layer):
     """``y = x W^T + b`` with ``weight`` (out_features, in_features), through BLAS.
 
-    BLAS runs on one thread here. Its own thread pool, woken between two
-    convolutions that run on fastconv's OpenMP threads, keeps spinning for about
-    0.1 s after each product and takes their cores: one LeNet-5 training epoch
-    on 2 cores took 0.9-1.1 s that way and 0.19 s with single-threaded products.
+    BLAS runs on one thread here: the forward pass splits the output features
+    over fastconv's own threads (``functional.linear``), and the backward
+    products run on one. BLAS's own thread pool, woken between two convolutions
+    that run on fastconv's OpenMP threads, keeps spinning for about 0.1 s after
+    each product and takes their cores: one LeNet-5 training epoch on 2 cores
+    took 0.9-1.1 s that way and 0.19 s with single-threaded products.
     """
 
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32):
@@ -95,10 +97,9 @@ class Linear(Layer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: x has {x.shape[-1]} features in its last axis, "
                              f"expected in_features={self.in_features}")
-        ctx.x = x
-        with single_threaded_blas():
-            y = x @ self.weight.data.T
-        return y if self.bias is None else y + self.bias.data
+        if not ctx.inference:
+            ctx.x = x
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def _backward(self, ctx, grad_out):
         x2 = ctx.x.reshape(-1, self.in_features)
