@@ -762,6 +762,44 @@ def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
                     indices[n, c, oh, ow] = best_at
 
 
+def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                         floating[:, :, :, ::1] y,         # OUT (N, C, OH, OW)
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                         int n_threads):
+    """y = max over each window, without the indices (inference). The maximum of a
+    window does not depend on the order of its taps, so each output row takes one
+    tap at a time across all its windows: the inner loop runs over contiguous
+    outputs, with the taps that read padding peeled off its ends, and vectorises.
+    NaN wins as in maxpool2d_fwd."""
+    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, i0, i1, off, ow0, ow1
+    cdef const floating* xrow
+    cdef floating* yrow
+    cdef floating val
+    with nogil:
+        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            for oh in range(OH):
+                yrow = &y[n, c, oh, 0]
+                for ow in range(OW):
+                    yrow[ow] = -INFINITY
+                h0 = oh * sh - pt
+                i0 = _first_tap(h0, dh, kh)
+                i1 = _end_tap(h0, dh, kh, H)
+                for i in range(i0, i1):
+                    xrow = &x[n, c, h0 + i * dh, 0]
+                    for j in range(kw):
+                        off = j * dw - pl
+                        ow0 = _first_inside(off, sw, OW)
+                        ow1 = _end_inside(off, sw, W, ow0, OW)
+                        for ow in range(ow0, ow1):
+                            val = xrow[ow * sw + off]
+                            yrow[ow] = val if val > yrow[ow] or val != val else yrow[ow]
+
+
 def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
                   const int64_t[:, :, :, ::1] indices,   # IN  (N, C, OH, OW)
                   floating[:, :, :, ::1] dx,             # OUT (N, C, H, W)

@@ -756,6 +756,39 @@ def maxpool2d_fwd(x,        # IN  (N, C, H, W)
 
 
 @pnjit
+def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
+                         y,  # OUT (N, C, OH, OW)
+                         kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
+    """y = max over each window, without the indices (inference). The maximum of a
+    window does not depend on the order of its taps, so each output row takes one
+    tap at a time across all its windows: the inner loop runs over contiguous
+    outputs, with the taps that read padding peeled off its ends, and vectorises.
+    NaN wins as in maxpool2d_fwd."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    OH, OW = y.shape[2], y.shape[3]
+    for plane in prange(x.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        src = x[n, c]
+        for oh in range(OH):
+            yrow = y[n, c, oh]
+            yrow[:] = -np.inf
+            h0 = oh * sh - pt
+            i0 = _first_tap(h0, dh, kh)
+            i1 = _end_tap(h0, dh, kh, H)
+            for i in range(i0, i1):
+                xrow = src[h0 + i * dh]
+                for j in range(kw):
+                    off = j * dw - pl
+                    ow0 = _first_inside(off, sw, OW)
+                    ow1 = _end_inside(off, sw, W, ow0, OW)
+                    for ow in range(ow0, ow1):
+                        val = xrow[_u(ow * sw + off)]
+                        best = yrow[_u(ow)]
+                        yrow[_u(ow)] = val if val > best or val != val else best
+
+
+@pnjit
 def maxpool2d_bwd(dy,       # IN  (N, C, OH, OW)
                   indices,  # IN  (N, C, OH, OW)
                   dx,       # OUT (N, C, H, W)

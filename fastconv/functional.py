@@ -381,9 +381,18 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     array([[ 5.,  7.],
            [13., 15.]])
     """
-    _, _, y, indices = _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                 backend, "max_pool2d")
-    return (y, indices) if return_indices else y
+    op = "max_pool2d"
+    if return_indices:
+        _, _, y, indices = _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                     backend, op)
+        return y, indices
+    x, g = _shapes.pool2d_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    module = _backends.get_backend(backend, "maxpool2d_fwd_values")
+    (x,) = _contiguous(x)
+    y = _alloc(g.y_shape, x.dtype)
+    _kernel(module, "maxpool2d_fwd_values", op)(x, y, *g.kernel_args(),
+                                                _backends.get_num_threads())
+    return y
 
 
 def _max_pool2d_scatter(grad_out, indices, x_shape, backend):

@@ -38,6 +38,7 @@ def test_max_pool2d_matches_naive_scan(backend, config):
     y, idx = fc.max_pool2d(x, **kw, return_indices=True, backend=backend)
     assert y.dtype == x.dtype and idx.dtype == np.int64
     assert np.array_equal(y, y_ref) and np.array_equal(idx, idx_ref)
+    assert np.array_equal(fc.max_pool2d(x, **kw, backend=backend), y_ref)   # values only
     dy = rng.standard_normal(y.shape).astype(x.dtype)
     gx = fc.max_pool2d_backward(dy, x, **kw, backend=backend)
     expected = np.zeros(x.shape)
@@ -107,6 +108,29 @@ def test_max_pool_nan_inf_and_ties(backend, channels):
     assert (y[:, :, 1, 0] == 5.0).all() and (idx[:, :, 1, 0] == 2 * 6 + 0).all()
     gx = fc.max_pool2d_backward(np.ones_like(y), x, 2, backend=backend)
     assert gx[0, 0, 2, 0] == 1.0 and gx[0, 0, 3, 1] == 0.0 and gx[0, 0, 1, 0] == 1.0
+
+
+@pytest.mark.parametrize("backend", MAX_BACKENDS)
+@pytest.mark.parametrize("width", [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65])
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1),
+                                dict(kernel_size=3, stride=2, padding=1),
+                                dict(kernel_size=2, stride=2, ceil_mode=True),
+                                dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1))],
+                         ids=["3s1p1", "3s2p1", "2s2ceil", "2x3s1x2d2x1"])
+def test_max_pool_values_without_indices_at_every_width(backend, width, kw):
+    """The values-only kernel (inference) sweeps output rows tap by tap and vectorises;
+    NaN, -inf and the padding must come out as in the indexed scan."""
+    rng = np.random.default_rng(width)
+    x = rng.integers(-2, 3, (2, 3, 5, width)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.1] = -np.inf
+    try:
+        y, _ = fc.max_pool2d(x, **kw, return_indices=True, backend=backend)
+    except ValueError:                      # the window does not fit this width
+        with pytest.raises(ValueError, match="does not fit"):
+            fc.max_pool2d(x, **kw, backend=backend)
+        return
+    assert np.array_equal(fc.max_pool2d(x, **kw, backend=backend), y, equal_nan=True)
 
 
 @pytest.mark.parametrize("backend", MAX_BACKENDS)

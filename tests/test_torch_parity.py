@@ -117,6 +117,7 @@ def test_max_pool2d(config, backend):
     x_, dy_ = _cast(dtype, x, dy)
     y, idx = fc.max_pool2d(x_, **kw, return_indices=True, backend=backend)
     assert np.array_equal(y, yt.detach().numpy().astype(dtype), equal_nan=True)
+    assert np.array_equal(fc.max_pool2d(x_, **kw, backend=backend), y, equal_nan=True)
     assert np.array_equal(idx, it.numpy())
     gx = fc.max_pool2d_backward(dy_, x_, **kw, backend=backend)
     assert rel_err(gx, xt.grad.numpy()) <= TOLERANCE[dtype, "pool"]
@@ -222,4 +223,5 @@ def test_max_pool_special_values_match_pytorch(backend, channels):
         yt, it = F.max_pool2d(torch.tensor(x), **kw, return_indices=True)
         y, idx = fc.max_pool2d(x, **kw, return_indices=True, backend=backend)
         assert np.array_equal(y, yt.numpy(), equal_nan=True)
+        assert np.array_equal(fc.max_pool2d(x, **kw, backend=backend), y, equal_nan=True)
         assert np.array_equal(idx, it.numpy())

@@ -23,6 +23,7 @@ im2col = _kernels.im2col
 col2im = _kernels.col2im
 openmp_threads = _kernels.openmp_threads
 maxpool2d_fwd = _kernels.maxpool2d_fwd
+maxpool2d_fwd_values = _kernels.maxpool2d_fwd_values
 maxpool2d_bwd = _kernels.maxpool2d_bwd
 avgpool2d_fwd = _kernels.avgpool2d_fwd
 avgpool2d_bwd = _kernels.avgpool2d_bwd

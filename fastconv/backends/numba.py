@@ -10,6 +10,7 @@ from ._compiled import im2col_convolutions, pinned_blas, winograd_convolutions
 im2col = _kernels.im2col
 col2im = _kernels.col2im
 maxpool2d_fwd = _kernels.maxpool2d_fwd
+maxpool2d_fwd_values = _kernels.maxpool2d_fwd_values
 maxpool2d_bwd = _kernels.maxpool2d_bwd
 avgpool2d_fwd = _kernels.avgpool2d_fwd
 avgpool2d_bwd = _kernels.avgpool2d_bwd

@@ -172,6 +172,8 @@ class MaxPool2d(Layer):
         self.backend = backend
 
     def _forward(self, ctx, x):
+        if ctx.inference:           # the maxima only, without their indices
+            return F.max_pool2d(x, **self.kwargs, backend=self.backend)
         y, ctx.indices = F.max_pool2d(x, **self.kwargs, return_indices=True, backend=self.backend)
         ctx.x_shape = x.shape
         return y
