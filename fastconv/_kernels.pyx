@@ -20,6 +20,8 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
+import numpy as np
+
 
 def openmp_threads(int n_threads):
     """How many threads a parallel region asked for ``n_threads`` really ran on.
@@ -724,6 +726,40 @@ cdef inline Py_ssize_t _end_tap(Py_ssize_t start, Py_ssize_t d, Py_ssize_t k,
     return _clip(_ceil_div(size - start, d), 0, k)
 
 
+def _tap_rows(Py_ssize_t OH, Py_ssize_t kh, Py_ssize_t sh, Py_ssize_t pt, Py_ssize_t dh,
+              Py_ssize_t H):
+    """[i0, i1) of the taps of each output row oh that fall inside the input, computed
+    once per call (the integer divisions cost more than a row of vectorised work)."""
+    rows = np.empty((OH, 2), np.intp)
+    for oh in range(OH):
+        rows[oh] = _first_tap(oh * sh - pt, dh, kh), _end_tap(oh * sh - pt, dh, kh, H)
+    return rows
+
+
+def _tap_cols(Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t dw,
+              Py_ssize_t W):
+    """[ow0, ow1) of the outputs whose tap j reads inside the input, for each tap j."""
+    cols = np.empty((kw, 2), np.intp)
+    for j in range(kw):
+        ow0 = _first_inside(j * dw - pl, sw, OW)
+        cols[j] = ow0, _end_inside(j * dw - pl, sw, W, ow0, OW)
+    return cols
+
+
+def _avg_factors(Py_ssize_t O, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p, Py_ssize_t size,
+                 bint count_include_pad, Py_ssize_t override, dtype):
+    """The divisor of average pooling factors into a row and a column part (the
+    window's height and width, clipped as _avg_divisor clips them): its factor along
+    one axis for each output o, or ``override`` (and 1 on the other axis)."""
+    if override:
+        return np.full(O, override, dtype)
+    start = np.arange(O) * s - p
+    end = np.minimum(start + k, size + p)
+    if not count_include_pad:
+        start, end = np.maximum(start, 0), np.minimum(end, size)
+    return (end - start).astype(dtype)
+
+
 def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
                   floating[:, :, :, ::1] y,              # OUT (N, C, OH, OW)
                   int64_t[:, :, :, ::1] indices,         # OUT (N, C, OH, OW): ih*W + iw of the max
@@ -772,9 +808,10 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     tap at a time across all its windows: the inner loop runs over contiguous
     outputs, with the taps that read padding peeled off its ends, and vectorises.
     NaN wins as in maxpool2d_fwd."""
-    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, i0, i1, off, ow0, ow1
+    cdef Py_ssize_t C = x.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
+    cdef Py_ssize_t plane, n, c, oh, ow, i, j, off
     cdef const floating* xrow
     cdef floating* yrow
     cdef floating val
@@ -786,18 +823,18 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                 yrow = &y[n, c, oh, 0]
                 for ow in range(OW):
                     yrow[ow] = -INFINITY
-                h0 = oh * sh - pt
-                i0 = _first_tap(h0, dh, kh)
-                i1 = _end_tap(h0, dh, kh, H)
-                for i in range(i0, i1):
-                    xrow = &x[n, c, h0 + i * dh, 0]
+                for i in range(rows[oh, 0], rows[oh, 1]):
+                    xrow = &x[n, c, oh * sh - pt + i * dh, 0]
                     for j in range(kw):
                         off = j * dw - pl
-                        ow0 = _first_inside(off, sw, OW)
-                        ow1 = _end_inside(off, sw, W, ow0, OW)
-                        for ow in range(ow0, ow1):
-                            val = xrow[ow * sw + off]
-                            yrow[ow] = val if val > yrow[ow] or val != val else yrow[ow]
+                        if sw == 1:     # a known unit stride: contiguous loads
+                            for ow in range(cols[j, 0], cols[j, 1]):
+                                val = xrow[ow + off]
+                                yrow[ow] = val if val > yrow[ow] or val != val else yrow[ow]
+                        else:
+                            for ow in range(cols[j, 0], cols[j, 1]):
+                                val = xrow[ow * sw + off]
+                                yrow[ow] = val if val > yrow[ow] or val != val else yrow[ow]
 
 
 def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
@@ -842,28 +879,39 @@ def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
     Like max pooling, a whole output row is summed tap by tap along the row."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, i0, i1, ih, iw0, ow0, ow1
+    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, 1, H)
+    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, 1, W)
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad,
+                                              divisor_override, dtype)
+    cdef floating[::1] col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
+                                              1 if divisor_override else 0, dtype)
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, off
+    cdef const floating* xrow
+    cdef floating* yrow
+    cdef floating rd
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
             c = plane % C
             for oh in range(OH):
                 h0 = oh * sh - pt
-                i0 = _first_tap(h0, 1, kh)
-                i1 = _end_tap(h0, 1, kh, H)
+                yrow = &y[n, c, oh, 0]
                 for ow in range(OW):
-                    y[n, c, oh, ow] = 0
-                for i in range(i0, i1):
-                    ih = h0 + i
+                    yrow[ow] = 0
+                for i in range(rows[oh, 0], rows[oh, 1]):
+                    xrow = &x[n, c, h0 + i, 0]
                     for j in range(kw):
-                        iw0 = j - pl
-                        ow0 = _first_inside(iw0, sw, OW)
-                        ow1 = _end_inside(iw0, sw, W, ow0, OW)
-                        for ow in range(ow0, ow1):
-                            y[n, c, oh, ow] += x[n, c, ih, ow * sw + iw0]
+                        off = j - pl
+                        if sw == 1:     # a known unit stride: contiguous loads
+                            for ow in range(cols[j, 0], cols[j, 1]):
+                                yrow[ow] += xrow[ow + off]
+                        else:
+                            for ow in range(cols[j, 0], cols[j, 1]):
+                                yrow[ow] += xrow[ow * sw + off]
+                rd = row_div[oh]
                 for ow in range(OW):
-                    y[n, c, oh, ow] /= _avg_divisor(h0, ow * sw - pl, kh, kw, H, W, pt, pl,
-                                                    count_include_pad, divisor_override)
+                    yrow[ow] /= rd * col_div[ow]
 
 
 def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)

@@ -719,6 +719,42 @@ def _end_tap(start, d, k, size):
     return _clip(_ceil_div(size - start, d), 0, k)
 
 
+@njit
+def _tap_rows(OH, kh, sh, pt, dh, H):
+    """[i0, i1) of the taps of each output row oh that fall inside the input, computed
+    once per call (the integer divisions cost more than a row of vectorised work)."""
+    rows = np.empty((OH, 2), np.int64)
+    for oh in range(OH):
+        rows[oh, 0] = _first_tap(oh * sh - pt, dh, kh)
+        rows[oh, 1] = _end_tap(oh * sh - pt, dh, kh, H)
+    return rows
+
+
+@njit
+def _tap_cols(OW, kw, sw, pl, dw, W):
+    """[ow0, ow1) of the outputs whose tap j reads inside the input, for each tap j."""
+    cols = np.empty((kw, 2), np.int64)
+    for j in range(kw):
+        cols[j, 0] = _first_inside(j * dw - pl, sw, OW)
+        cols[j, 1] = _end_inside(j * dw - pl, sw, W, cols[j, 0], OW)
+    return cols
+
+
+@njit
+def _avg_factors(O, k, s, p, size, count_include_pad, override, dtype):
+    """The divisor of average pooling factors into a row and a column part (the
+    window's height and width, clipped as _avg_divisor clips them): its factor along
+    one axis for each output o, or ``override`` (and 1 on the other axis)."""
+    out = np.empty(O, dtype)
+    for o in range(O):
+        start = o * s - p
+        end = min(start + k, size + p)
+        if not count_include_pad:
+            start, end = max(start, 0), min(end, size)
+        out[o] = override if override else end - start
+    return out
+
+
 @pnjit
 def maxpool2d_fwd(x,        # IN  (N, C, H, W)
                   y,        # OUT (N, C, OH, OW)
@@ -764,8 +800,9 @@ def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
     tap at a time across all its windows: the inner loop runs over contiguous
     outputs, with the taps that read padding peeled off its ends, and vectorises.
     NaN wins as in maxpool2d_fwd."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    OH, OW = y.shape[2], y.shape[3]
+    C, OH, OW = x.shape[1], y.shape[2], y.shape[3]
+    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
@@ -773,16 +810,11 @@ def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
         for oh in range(OH):
             yrow = y[n, c, oh]
             yrow[:] = -np.inf
-            h0 = oh * sh - pt
-            i0 = _first_tap(h0, dh, kh)
-            i1 = _end_tap(h0, dh, kh, H)
-            for i in range(i0, i1):
-                xrow = src[h0 + i * dh]
+            for i in range(rows[oh, 0], rows[oh, 1]):
+                xrow = src[oh * sh - pt + i * dh]
                 for j in range(kw):
                     off = j * dw - pl
-                    ow0 = _first_inside(off, sw, OW)
-                    ow1 = _end_inside(off, sw, W, ow0, OW)
-                    for ow in range(ow0, ow1):
+                    for ow in range(cols[j, 0], cols[j, 1]):
                         val = xrow[_u(ow * sw + off)]
                         best = yrow[_u(ow)]
                         yrow[_u(ow)] = val if val > best or val != val else best
@@ -827,26 +859,27 @@ def avgpool2d_fwd(x,   # IN  (N, C, H, W)
     Like max pooling, a whole output row is summed tap by tap along the row."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
+    rows = _tap_rows(OH, kh, sh, pt, 1, H)
+    cols = _tap_cols(OW, kw, sw, pl, 1, W)
+    row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, y.dtype)
+    col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
+                           1 if divisor_override else 0, y.dtype)
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
         for oh in range(OH):
             h0 = oh * sh - pt
-            i0 = _first_tap(h0, 1, kh)
-            i1 = _end_tap(h0, 1, kh, H)
             out = y[n, c, oh]
             out[:] = 0
-            for i in range(i0, i1):
+            for i in range(rows[oh, 0], rows[oh, 1]):
                 xrow = x[n, c, h0 + i]
                 for j in range(kw):
-                    iw0 = j - pl
-                    ow0 = _first_inside(iw0, sw, OW)
-                    ow1 = _end_inside(iw0, sw, W, ow0, OW)
-                    for ow in range(ow0, ow1):
-                        out[_u(ow)] += xrow[_u(ow * sw + iw0)]
+                    off = j - pl
+                    for ow in range(cols[j, 0], cols[j, 1]):
+                        out[_u(ow)] += xrow[_u(ow * sw + off)]
+            rd = row_div[oh]
             for ow in range(OW):
-                out[ow] /= _avg_divisor(h0, ow * sw - pl, kh, kw, H, W, pt, pl,
-                                        count_include_pad, divisor_override)
+                out[_u(ow)] /= rd * col_div[_u(ow)]
 
 
 @pnjit
