@@ -117,13 +117,18 @@ class Graph(Layer):
         values = {id(t): a for t, a in zip(self.inputs, arrays)}
         ctx.steps = [] if self.training else None
         last_use = {} if self.training else _last_uses(nodes, outputs)
+        fused = set() if self.training else _relu_fusions(nodes, outputs)
         for i, node in enumerate(nodes):
-            step = Context()
-            if ctx.steps is None:
-                step.inference = True
-                step.overwrite = _may_overwrite(node, values, last_use.get(i, ()), arrays)
-            values[id(node.output)] = node.layer._forward(step, *(values[id(t)]
-                                                                  for t in node.inputs))
+            if node in fused:       # a ReLU that the node before it applied
+                values[id(node.output)] = values[id(node.inputs[0])]
+            else:
+                step = Context()
+                if ctx.steps is None:
+                    step.inference = True
+                    step.overwrite = _may_overwrite(node, values, last_use.get(i, ()), arrays)
+                    step.relu = node.output in fused
+                values[id(node.output)] = node.layer._forward(step, *(values[id(t)]
+                                                                      for t in node.inputs))
             if ctx.steps is not None:
                 ctx.steps.append((node, step))
             for key in last_use.get(i, ()):
@@ -164,6 +169,25 @@ def _last_uses(nodes, outputs):
     for key, i in last.items():
         by_node.setdefault(i, []).append(key)
     return by_node
+
+
+def _relu_fusions(nodes, outputs):
+    """The ReLU nodes that can be fused into the node before them at inference, and
+    the output tensors of those nodes: a tensor that is not a graph output, read
+    only by the ReLU, and made by a layer that ``fuses_relu``."""
+    from .nn.layers import fuses_relu
+
+    readers = {}
+    for node in nodes:
+        for t in node.inputs:
+            readers.setdefault(id(t), []).append(node)
+    fused = set()
+    for node in nodes:
+        t = node.inputs[0]
+        if (len(node.inputs) == 1 and t.node is not None and len(readers[id(t)]) == 1
+                and not any(t is o for o in outputs) and fuses_relu(t.node.layer, node.layer)):
+            fused.update((node, t))
+    return fused
 
 
 def _may_overwrite(node, values, dying, protected):

@@ -127,3 +127,21 @@ def test_linear_rejects_bad_arguments():
         fc.functional.linear(x, w.astype(np.float64))
     with pytest.raises(ValueError, match="2-D"):
         fc.functional.linear(x, w[None])
+
+
+def test_relu_is_fused_only_into_a_tensor_nothing_else_reads():
+    rng = np.random.default_rng(5)
+    bn1, bn2, bn3 = (_batchnorm(3, rng) for _ in range(3))
+    image = fc.Input((3, 4, 4))
+    shared = bn1(image)                       # read by a ReLU and returned as well
+    twice = bn2(image)                        # read by a ReLU and by the Add
+    graph = fc.Graph(image, [shared, nn.ReLU()(shared), nn.ReLU()(twice),
+                             nn.ReLU()(nn.Add()(twice, bn3(image))),     # Add fuses it
+                             nn.ReLU()(bn3(image))]).eval()              # BatchNorm fuses it
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    a, b, c = bn1.forward(x), bn2.forward(x), bn3.forward(x)
+    got = graph(x)
+    expected = [a, np.maximum(a, 0), np.maximum(b, 0), np.maximum(b + c, 0), np.maximum(c, 0)]
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
+    assert (got[0] < 0).any()                 # the returned tensor kept its negatives

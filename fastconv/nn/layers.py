@@ -258,6 +258,11 @@ class Dropout(Layer):
         return grad_out if ctx.scale is None else grad_out * ctx.scale
 
 
+def fuses_relu(layer, after):
+    """Whether ``layer`` can apply ``after`` itself at inference (``after`` a ReLU)."""
+    return getattr(layer, "fuses_relu", False) and type(after) is ReLU
+
+
 class Sequential(Layer):
     """Layers run one after another; children are named "0", "1", ... (or by the keys
     of an OrderedDict), as in PyTorch, so state-dict keys match."""
@@ -285,11 +290,17 @@ class Sequential(Layer):
         # as soon as the next layer has read it
         ctx.steps = [] if self.training else None
         caller = x
-        for layer in self._children.values():
+        layers = list(self._children.values())
+        fused = False
+        for layer, after in zip(layers, layers[1:] + [None]):
+            if fused:               # a ReLU the layer before applied
+                fused = False
+                continue
             step = type(ctx)()
             if ctx.steps is None:
                 step.inference = True
                 step.overwrite = not np.may_share_memory(x, caller)
+                step.relu = fused = fuses_relu(layer, after)
             x = layer._forward(step, x)
             if ctx.steps is not None:
                 ctx.steps.append((layer, step))
@@ -341,6 +352,8 @@ class BatchNorm2d(Layer):
     batch's statistics and updates ``running_mean``/``running_var`` with ``momentum``
     (the running variance unbiased); eval mode uses the running statistics."""
 
+    fuses_relu = True
+
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, dtype=np.float32):
         super().__init__()
@@ -370,7 +383,7 @@ class BatchNorm2d(Layer):
         else:
             mean, var = self.running_mean, self.running_var
             if ctx.inference:
-                return self._affine(x, mean, var, ctx.overwrite)
+                return self._affine(x, mean, var, ctx.overwrite, ctx.relu)
         inv = 1 / np.sqrt(var + self.eps)
         xhat = (x - mean[:, None, None]) * inv[:, None, None]
         ctx.xhat, ctx.inv, ctx.batch = xhat, inv, use_batch
@@ -378,16 +391,17 @@ class BatchNorm2d(Layer):
             return xhat.astype(x.dtype)
         return (xhat * self.weight.data[:, None, None] + self.bias.data[:, None, None]).astype(x.dtype)
 
-    def _affine(self, x, mean, var, overwrite):
+    def _affine(self, x, mean, var, overwrite, relu):
         """Inference with the running statistics as one scale and shift per channel,
-        ``y = x * scale + shift``, written over ``x`` when that is allowed."""
+        ``y = x * scale + shift`` (then a fused ReLU if asked), written over ``x``
+        when that is allowed."""
         scale = 1 / np.sqrt(var.astype(np.float64) + self.eps)
         if self.weight is not None:
             scale *= self.weight.data
         shift = -mean * scale
         if self.bias is not None:
             shift += self.bias.data
-        return F.channel_affine(x, scale, shift, out=x if overwrite else None)
+        return F.channel_affine(x, scale, shift, relu=relu, out=x if overwrite else None)
 
     def _backward(self, ctx, grad_out):
         xhat, inv = ctx.xhat, ctx.inv
@@ -449,6 +463,8 @@ class Concat(Layer):
 class Add(Layer):
     """Sum of the inputs (a residual join, as in ResNet)."""
 
+    fuses_relu = True
+
     def _forward(self, ctx, *inputs):
         ctx.n = len(inputs)
         out = inputs[0]
@@ -456,9 +472,11 @@ class Add(Layer):
                 and np.result_type(*inputs) == out.dtype:
             for a in inputs[1:]:
                 out += a
-            return out
-        for a in inputs[1:]:
-            out = out + a
+        else:
+            for a in inputs[1:]:
+                out = out + a
+        if ctx.relu:                # out is a new array or one this layer may overwrite
+            np.maximum(out, 0, out=out)
         return out
 
     def _backward(self, ctx, grad_out):

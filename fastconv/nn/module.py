@@ -29,11 +29,15 @@ class Context:
     will follow, so a layer need keep nothing. It also sets ``overwrite`` when
     the layer's first input is read for the last time and shares no memory with
     any other live array, so that the layer may write its output there (ReLU,
-    BatchNorm, Add do, as PyTorch's ``inplace=True`` layers do).
+    BatchNorm, Add do, as PyTorch's ``inplace=True`` layers do). A layer whose
+    class sets ``fuses_relu`` may be asked, by ``relu``, to apply the ReLU that
+    alone reads its output, which then does not run: one pass over the
+    activations instead of two.
     """
 
     inference = False
     overwrite = False
+    relu = False
 
 
 class Layer:
