@@ -168,6 +168,11 @@ def cmd_info(args):
         ran = backends.get_backend("cython").openmp_threads(n)
         print(f"openmp   a parallel region of {n} threads ran on {ran} "
               f"(1 means the kernels were built without OpenMP)")
+    kernel_blas, shared = backends._find_kernel_blas()
+    if kernel_blas is not None:
+        how = ("shared with NumPy, set to one thread around each kernel" if shared
+               else "a library of its own, kept at one thread")
+        print(f"kernels' BLAS {os.path.basename(kernel_blas.filepath)}: {how}")
     for pool in threadpool_info():
         print(f"{pool['user_api']:<8} {pool['internal_api'] if pool['internal_api'] != pool['user_api'] else ''} {pool.get('version') or ''} "
               f"{pool.get('architecture') or ''}, {pool['num_threads']} threads "

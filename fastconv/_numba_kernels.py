@@ -14,13 +14,13 @@ with Numba's for the cores.
 No ``fastmath``: it would assume away NaN and infinity.
 """
 
-import ctypes
 
 import llvmlite.binding
 import numba
 import numpy as np
-import scipy.linalg.cython_blas
 from numba import prange
+
+from .backends import blas_address
 
 njit = numba.njit(cache=True, nogil=True)
 pnjit = numba.njit(cache=True, nogil=True, parallel=True)
@@ -61,21 +61,10 @@ def _end_inside(offset, stride, size, first, n_out):
     return _clip(_ceil_div(size - offset, stride), first, n_out)
 
 
-def _blas_address(name):
-    """Address of ``scipy.linalg.cython_blas.<name>``, the BLAS the Cython kernels call."""
-    capsule = scipy.linalg.cython_blas.__pyx_capi__[name]
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype, get_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype, get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object,
-                                                                  ctypes.c_char_p]
-    return get_pointer(capsule, get_name(capsule))
-
-
 # The compiled code calls BLAS by a symbol name that is bound to the address
 # at import, not by an address baked into it, so that Numba can cache it.
 for _name in ("sgemm", "dgemm", "sgemv", "dgemv"):
-    llvmlite.binding.add_symbol(f"fastconv_{_name}", _blas_address(_name))
+    llvmlite.binding.add_symbol(f"fastconv_{_name}", blas_address(_name))
 _sgemm = numba.types.ExternalFunction("fastconv_sgemm",
                                       numba.types.void(*[numba.types.voidptr] * 13))
 _dgemm = numba.types.ExternalFunction("fastconv_dgemm",

@@ -90,6 +90,26 @@ def test_threads_govern_blas():
         fc.set_num_threads(before)
 
 
+@pytest.mark.skipif("cython" not in fc.available_backends() and
+                    "numba" not in fc.available_backends(), reason="no compiled backend here")
+def test_the_kernels_blas_stays_single_threaded_when_it_is_a_library_of_its_own():
+    from threadpoolctl import threadpool_info
+
+    before = fc.get_num_threads()
+    try:
+        fc.set_num_threads(2)
+        kernel_blas, shared = backends._find_kernel_blas()
+        threads = {p["filepath"]: p["num_threads"] for p in threadpool_info()
+                   if p["user_api"] == "blas"}
+        if shared:          # NumPy's BLAS too: it follows set_num_threads
+            assert all(n == 2 for n in threads.values())
+        else:
+            assert threads.pop(kernel_blas.filepath) == 1
+            assert threads and all(n == 2 for n in threads.values())
+    finally:
+        fc.set_num_threads(before)
+
+
 def test_thread_count_from_environment(tmp_path):
     code = "import fastconv; print(fastconv.get_num_threads())"
     env = dict(os.environ, FASTCONV_NUM_THREADS="1")

@@ -2,15 +2,15 @@
 
 The compiled kernels take their workspaces as arguments and call BLAS from
 their own threads; these wrappers size the workspaces (``_workspace.py``),
-fetch cached Winograd filter transforms, and pin BLAS to one thread around
-the call. ``kernels`` is ``fastconv._kernels`` or ``fastconv._numba_kernels``:
+fetch cached Winograd filter transforms, and make sure the BLAS they call
+runs on one thread. ``kernels`` is ``fastconv._kernels`` or ``fastconv._numba_kernels``:
 the two expose the same names and arguments.
 """
 
 import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS
-from . import single_threaded_blas
+from . import kernel_blas_single_threaded
 from ._workspace import im2col_workspace, winograd_workspace
 
 
@@ -19,19 +19,19 @@ def im2col_convolutions(kernels):
 
     def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         cols = im2col_workspace(w, y, kh, kw, groups, n_threads)
-        with single_threaded_blas():
+        with kernel_blas_single_threaded():
             kernels.conv2d_fwd_im2col(x, w, b, y, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
                                       n_threads)
 
     def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         cols = im2col_workspace(w, dy, kh, kw, groups, n_threads, shared=True)
-        with single_threaded_blas():
+        with kernel_blas_single_threaded():
             kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, kh, kw, sh, sw, pt, pl, dh, dw,
                                            groups, n_threads)
 
     def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         cols = im2col_workspace(dw_, dy, kh, kw, groups, n_threads, shared=True)
-        with single_threaded_blas():
+        with kernel_blas_single_threaded():
             kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, kh, kw, sh, sw, pt, pl, dh, dw,
                                              groups, n_threads)
 
@@ -42,7 +42,7 @@ def pinned_blas(kernel):
     """``kernel`` (one that calls BLAS from its own threads) run with BLAS on one thread."""
 
     def run(*args):
-        with single_threaded_blas():
+        with kernel_blas_single_threaded():
             kernel(*args)
 
     run.__name__ = kernel.__name__
@@ -64,7 +64,7 @@ def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
         tiles = -(-y.shape[2] // m) * -(-y.shape[3] // m)
         v, mm = winograd_workspace(alpha, u.shape[3], u.shape[2], tiles, x.dtype,
                                    kernels.WINOGRAD_LANES)
-        with single_threaded_blas():
+        with kernel_blas_single_threaded():
             kernels.conv2d_fwd_winograd(x, u, b, y, bt, at, v, mm, R, R, 1, 1, pt, pl, 1, 1,
                                         groups, n_threads)
 
