@@ -765,37 +765,45 @@ def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
                   int64_t[:, :, :, ::1] indices,         # OUT (N, C, OH, OW): ih*W + iw of the max
                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                   Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
-    """y = max over each window, scanned row-major as PyTorch's CPU kernel does: a
-    strictly larger value or any NaN replaces the maximum; it starts at -inf on
-    the window's first pixel inside the input (so a window of -inf indexes that)."""
-    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane, n, c, oh, ow, h0, w0, i, j, i0, i1, j0, j1, ih, iw, best_at
-    cdef floating best, val
+    """y = max over each window with PyTorch's CPU rule: scanning a window row-major,
+    a strictly larger value or any NaN replaces the maximum, which starts at -inf on
+    the window's first pixel inside the input (so a window of -inf indexes that).
+
+    An output row takes the taps one at a time, in that row-major order, across all
+    its windows at once, so every window sees its taps in the same order as a scan
+    of it alone would, and the inner loop over contiguous outputs vectorises."""
+    cdef Py_ssize_t C = x.shape[1], W = x.shape[3], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, W)
+    # flat index, within its row, of each window's first tap inside the input
+    cdef int64_t[::1] first = np.array([ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw
+                                        for ow in range(OW)], np.int64)
+    cdef Py_ssize_t plane, n, c, oh, ow, i, j, ih, off
+    cdef const floating* xrow
+    cdef floating* yrow
+    cdef int64_t* irow
+    cdef floating val
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
             c = plane % C
             for oh in range(OH):
-                h0 = oh * sh - pt
-                i0 = _first_tap(h0, dh, kh)
-                i1 = _end_tap(h0, dh, kh, H)
+                yrow = &y[n, c, oh, 0]
+                irow = &indices[n, c, oh, 0]
+                ih = oh * sh - pt + rows[oh, 0] * dh
                 for ow in range(OW):
-                    w0 = ow * sw - pl
-                    j0 = _first_tap(w0, dw, kw)
-                    j1 = _end_tap(w0, dw, kw, W)
-                    best = -INFINITY
-                    best_at = (h0 + i0 * dh) * W + w0 + j0 * dw
-                    for i in range(i0, i1):
-                        ih = h0 + i * dh
-                        for j in range(j0, j1):
-                            iw = w0 + j * dw
-                            val = x[n, c, ih, iw]
-                            if val > best or val != val:
-                                best = val
-                                best_at = ih * W + iw
-                    y[n, c, oh, ow] = best
-                    indices[n, c, oh, ow] = best_at
+                    yrow[ow] = -INFINITY
+                    irow[ow] = ih * W + first[ow]
+                for i in range(rows[oh, 0], rows[oh, 1]):
+                    ih = oh * sh - pt + i * dh
+                    xrow = &x[n, c, ih, 0]
+                    for j in range(kw):
+                        off = j * dw - pl
+                        for ow in range(cols[j, 0], cols[j, 1]):
+                            val = xrow[ow * sw + off]
+                            if val > yrow[ow] or val != val:
+                                yrow[ow] = val
+                                irow[ow] = ih * W + ow * sw + off
 
 
 def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)

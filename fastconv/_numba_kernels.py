@@ -749,35 +749,41 @@ def maxpool2d_fwd(x,        # IN  (N, C, H, W)
                   y,        # OUT (N, C, OH, OW)
                   indices,  # OUT (N, C, OH, OW): ih*W + iw of the max
                   kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
-    """y = max over each window, scanned row-major as PyTorch's CPU kernel does: a
-    strictly larger value or any NaN replaces the maximum; it starts at -inf on
-    the window's first pixel inside the input (so a window of -inf indexes that)."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    OH, OW = y.shape[2], y.shape[3]
+    """y = max over each window with PyTorch's CPU rule: scanning a window row-major,
+    a strictly larger value or any NaN replaces the maximum, which starts at -inf on
+    the window's first pixel inside the input (so a window of -inf indexes that).
+
+    An output row takes the taps one at a time, in that row-major order, across all
+    its windows at once, so every window sees its taps in the same order as a scan
+    of it alone would, and the inner loop over contiguous outputs vectorises."""
+    C, W, OH, OW = x.shape[1], x.shape[3], y.shape[2], y.shape[3]
+    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cols = _tap_cols(OW, kw, sw, pl, dw, W)
+    # flat index, within its row, of each window's first tap inside the input
+    first = np.empty(OW, np.int64)
+    for ow in range(OW):
+        first[ow] = ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
         src = x[n, c]
         for oh in range(OH):
-            h0 = oh * sh - pt
-            i0 = _first_tap(h0, dh, kh)
-            i1 = _end_tap(h0, dh, kh, H)
+            yrow = y[n, c, oh]
+            irow = indices[n, c, oh]
+            ih = oh * sh - pt + rows[oh, 0] * dh
+            yrow[:] = -np.inf
             for ow in range(OW):
-                w0 = ow * sw - pl
-                j0 = _first_tap(w0, dw, kw)
-                j1 = _end_tap(w0, dw, kw, W)
-                best = -np.inf
-                best_at = (h0 + i0 * dh) * W + w0 + j0 * dw
-                for i in range(i0, i1):
-                    ih = h0 + i * dh
-                    for j in range(j0, j1):
-                        iw = w0 + j * dw
-                        val = src[_u(ih), _u(iw)]
-                        if val > best or val != val:
-                            best = val
-                            best_at = ih * W + iw
-                y[n, c, oh, ow] = best
-                indices[n, c, oh, ow] = best_at
+                irow[ow] = ih * W + first[ow]
+            for i in range(rows[oh, 0], rows[oh, 1]):
+                ih = oh * sh - pt + i * dh
+                xrow = src[ih]
+                for j in range(kw):
+                    off = j * dw - pl
+                    for ow in range(cols[j, 0], cols[j, 1]):
+                        val = xrow[_u(ow * sw + off)]
+                        if val > yrow[_u(ow)] or val != val:
+                            yrow[_u(ow)] = val
+                            irow[_u(ow)] = ih * W + ow * sw + off
 
 
 @pnjit

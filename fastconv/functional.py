@@ -141,7 +141,7 @@ def convolve2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                    algorithm="auto", backend=None):
+                    algorithm="auto", backend=None, needs_input_grad=True):
     """Gradients of :func:`conv2d` with respect to x, weight and bias.
 
     - ``dL/dW = dL/dY (x) X``: the correlation of the input with the output gradient;
@@ -157,10 +157,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     x, weight, stride, padding, dilation, groups, algorithm, backend
         As given to :func:`conv2d`; pass the same algorithm so that the backward
         pass follows the forward's path.
+    needs_input_grad : bool
+        False skips ``grad_x`` (returned as ``None``), as for a network's input.
 
     Returns
     -------
-    grad_x : ndarray, (N, C_in, H, W)
+    grad_x : ndarray, (N, C_in, H, W), or None
     grad_weight : ndarray, (C_out, C_in/groups, kH, kW)
     grad_bias : ndarray, (C_out,)
 
@@ -178,10 +180,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     module, algo = _conv_setup(g, algorithm, backend, op)
     grad_out, x, weight = _contiguous(grad_out, x, weight)
     n_threads = _backends.get_num_threads()
-    grad_x = _alloc(g.x_shape, x.dtype)
+    grad_x = None
+    if needs_input_grad:
+        grad_x = _alloc(g.x_shape, x.dtype)
+        _kernel(module, f"conv2d_bwd_data_{algo}", op)(
+            grad_out, weight, grad_x, *g.kernel_args(), n_threads)
     grad_w = _alloc(g.weight_shape, x.dtype)
-    _kernel(module, f"conv2d_bwd_data_{algo}", op)(
-        grad_out, weight, grad_x, *g.kernel_args(), n_threads)
     _kernel(module, f"conv2d_bwd_weight_{algo}", op)(
         grad_out, x, grad_w, *g.kernel_args(), n_threads)
     return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))

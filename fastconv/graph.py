@@ -142,13 +142,17 @@ class Graph(Layer):
                                "no activations; call train() and run forward again")
         grads = dict(zip((id(t) for t in self.outputs),
                          [grad_out] if self._single_output else grad_out))
+        inputs = {id(t) for t in self.inputs}
         for node, step in reversed(ctx.steps):
+            if all(id(t) in inputs for t in node.inputs):
+                step.needs_input_grad = ctx.needs_input_grad
             g = grads.pop(id(node.output), None)
             if g is None:            # no output depends on this node
                 continue
             g_in = node.layer._backward(step, g)
             for t, gi in zip(node.inputs, g_in if len(node.inputs) > 1 else (g_in,)):
-                grads[id(t)] = gi if id(t) not in grads else grads[id(t)] + gi
+                if gi is not None:          # None: the graph's input, not wanted
+                    grads[id(t)] = gi if id(t) not in grads else grads[id(t)] + gi
         result = [grads.get(id(t)) for t in self.inputs]
         return result[0] if self._single_input else tuple(result)
 

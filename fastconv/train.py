@@ -43,7 +43,7 @@ def fit(model, loss_fn, optimizer, x, y, epochs, batch_size=32, seed=0, x_val=No
             optimizer.zero_grad()
             logits = model(x[idx])
             loss = loss_fn(logits, y[idx])
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), input_grad=False)
             optimizer.step()
             total += float(loss) * len(idx)
             correct += int((logits.argmax(axis=1) == y[idx]).sum())

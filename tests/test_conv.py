@@ -58,6 +58,9 @@ def test_conv2d_forward_and_backward_match_naive_loops(config, backend, algo):
     for name, grad, ref in zip(("grad_x", "grad_weight", "grad_bias"), grads, grads_ref):
         assert grad.dtype == dtype, name
         assert rel_err(grad, ref) <= tol, name
+    gx, gw, gb = fc.conv2d_backward(dy_, x_, w_, **kw, algorithm=algo, backend=backend,
+                                    needs_input_grad=False)
+    assert gx is None and np.array_equal(gw, grads[1]) and np.array_equal(gb, grads[2])
 
 
 @pytest.mark.parametrize("backend,algo",

@@ -211,3 +211,21 @@ def test_parameter_gradients_match_autograd(name, size):
     for key, value in ours.state_dict().items():
         if "running" in key:
             assert rel_err(value, state[key].numpy()) <= 1e-10, key
+
+
+@pytest.mark.parametrize("build,channels", [
+    (models.lenet5, 1),
+    (lambda: models.googlenet(num_classes=4, aux_logits=False, dropout=0.0), 3)])
+def test_backward_without_the_input_gradient_gives_the_same_parameter_gradients(build, channels):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, channels, 32, 32)).astype(np.float32)
+    model = build()
+    out = model(x)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    assert model.backward(g).shape == x.shape
+    full = {k: p.grad.copy() for k, p in model.named_parameters()}
+    model.zero_grad()
+    model(x)
+    assert model.backward(g, input_grad=False) is None
+    for k, p in model.named_parameters():
+        assert np.array_equal(p.grad, full[k]), k

@@ -63,7 +63,8 @@ class Conv2d(Layer):
 
     def _backward(self, ctx, grad_out):
         gx, gw, gb = F.conv2d_backward(grad_out, ctx.x, self.weight.data,
-                                       algorithm=ctx.algorithm, **self._args())
+                                       algorithm=ctx.algorithm,
+                                       needs_input_grad=ctx.needs_input_grad, **self._args())
         _accumulate(self.weight, gw)
         if self.bias is not None:
             _accumulate(self.bias, gb)
@@ -310,6 +311,8 @@ class Sequential(Layer):
         if ctx.steps is None:
             raise RuntimeError("Sequential.backward: the last forward ran in eval mode, which "
                                "keeps no activations; call train() and run forward again")
+        if ctx.steps:
+            ctx.steps[0][1].needs_input_grad = ctx.needs_input_grad
         for layer, step in reversed(ctx.steps):
             grad_out = layer._backward(step, grad_out)
         return grad_out

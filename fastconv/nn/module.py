@@ -32,12 +32,15 @@ class Context:
     BatchNorm, Add do, as PyTorch's ``inplace=True`` layers do). A layer whose
     class sets ``fuses_relu`` may be asked, by ``relu``, to apply the ReLU that
     alone reads its output, which then does not run: one pass over the
-    activations instead of two.
+    activations instead of two. In backward, ``needs_input_grad`` is false when
+    nobody wants the gradient of the layer's inputs (a network's data), so a
+    convolution need not compute it.
     """
 
     inference = False
     overwrite = False
     relu = False
+    needs_input_grad = True
 
 
 class Layer:
@@ -87,11 +90,18 @@ class Layer:
 
     __call__ = forward
 
-    def backward(self, grad_out):
-        """Gradient of the last forward call's inputs; adds into parameter gradients."""
+    def backward(self, grad_out, *, input_grad=True):
+        """Gradient of the last forward call's inputs; adds into parameter gradients.
+
+        With ``input_grad=False`` the gradient of the inputs is not wanted (they are
+        data, as a tensor without ``requires_grad`` is in PyTorch): the layers that
+        read them compute only their parameters' gradients, and ``None`` is returned.
+        """
         if self._last_ctx is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
-        return self._backward(self._last_ctx, grad_out)
+        self._last_ctx.needs_input_grad = bool(input_grad)
+        grad = self._backward(self._last_ctx, grad_out)
+        return grad if input_grad else None
 
     # -- parameters and state --------------------------------------------
     def named_children(self):
