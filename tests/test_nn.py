@@ -261,3 +261,20 @@ def test_joins_send_each_input_its_share_of_the_gradient():
     add = nn.Add()
     assert np.array_equal(add(a, a, a), 3 * a)
     assert all(np.array_equal(gi, g) for gi in add.backward(g))
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_steps_match_torch(weight_decay):
+    rng = np.random.default_rng(10)
+    w0 = rng.standard_normal((3, 4))
+    p = nn.Parameter(w0.copy())
+    q = torch.tensor(w0.copy(), requires_grad=True)
+    ours = nn.Adam([p], lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=weight_decay)
+    theirs = torch.optim.Adam([q], lr=0.02, betas=(0.8, 0.95), eps=1e-6,
+                              weight_decay=weight_decay)
+    for _ in range(5):
+        g = rng.standard_normal((3, 4))
+        p.grad, q.grad = g.copy(), torch.tensor(g)
+        ours.step()
+        theirs.step()
+        assert rel_err(p.data, q.detach().numpy()) <= 1e-14

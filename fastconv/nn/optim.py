@@ -58,8 +58,13 @@ class Adam(Optimizer):
             if not state:
                 state.update(t=0, m=np.zeros_like(p.data), v=np.zeros_like(p.data))
             state["t"] += 1
-            state["m"] = b1 * state["m"] + (1 - b1) * g
-            state["v"] = b2 * state["v"] + (1 - b2) * g * g
-            m_hat = state["m"] / (1 - b1 ** state["t"])
-            v_hat = state["v"] / (1 - b2 ** state["t"])
-            p.data -= (self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(p.data.dtype)
+            m, v = state["m"], state["v"]       # updated in place, as torch's foreach Adam
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * (g * g)
+            # PyTorch's arrangement: w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+            denom = np.sqrt(v)
+            denom /= np.sqrt(1 - b2 ** state["t"])
+            denom += self.eps
+            p.data -= (self.lr / (1 - b1 ** state["t"]) * m / denom).astype(p.data.dtype)
