@@ -16,14 +16,17 @@ _MODULES = {
     "numpy": "fastconv.backends.reference",
     "cython": "fastconv.backends.cython",
     "numba": "fastconv.backends.numba",
+    "cuda": "fastconv.backends.cuda",
 }
 # fastest first: with no default set, an operation runs on the first of
-# these that has its kernel
+# these that has its kernel (the GPU backend only when asked for)
 _PREFERENCE = ("cython", "numba", "numpy")
 _HOW_TO_GET = {
     "numpy": "it is part of fastconv",
     "cython": "reinstall fastconv from source with a C compiler (pip install .)",
     "numba": "pip install numba",
+    "cuda": ("use a machine with an NVIDIA GPU and driver and pip install 'fastconv[cuda]' "
+             "(or set NUMBA_ENABLE_CUDASIM=1 to run its kernels in numba's simulator)"),
 }
 
 _loaded = {}
