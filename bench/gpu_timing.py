@@ -2,7 +2,7 @@
 layer set, and ResNet-50 inference, against PyTorch on the same GPU when a CUDA build
 of torch is installed (TF32 off, so both compute in float32).
 
-    python bench/gpu_timing.py [--smoke]
+    python bench/gpu_timing.py [--smoke] [--layers NAME ...] [--no-model]
 
 Kernel times exclude the host-device copies (device arrays in, synchronised after);
 "with copies" is what ``backend="cuda"`` costs a NumPy caller. ``--smoke`` runs one
@@ -66,7 +66,7 @@ def _kernel_launches(layer):
     return x, w, g, fwd, bwd
 
 
-def main(smoke=False):
+def main(smoke=False, patterns=(), model=True):
     torch = _torch()
     device = getattr(cuda, "get_current_device", None)      # absent in the simulator
     name = device().name if device else "numba's CUDA simulator"
@@ -74,7 +74,8 @@ def main(smoke=False):
     print(f"GPU {name}; torch with CUDA: {'yes' if torch else 'no'}; float32")
     print(f"{'layer':<24}{'fwd ms':>9}{'w/ copies':>10}{'torch':>9}{'ratio':>7}"
           f"{'bwd ms':>9}{'torch':>9}{'ratio':>7}")
-    layers = [_layer("smoke", 1, 3, 4, 6, 3, 1, 1)] if smoke else CONV_LAYERS
+    layers = [_layer("smoke", 1, 3, 4, 6, 3, 1, 1)] if smoke else \
+        [layer for layer in CONV_LAYERS if not patterns or any(p in layer.name for p in patterns)]
     for layer in layers:
         x, w, g, fwd, bwd = _kernel_launches(layer)
         f, b = _best(fwd), _best(bwd)
@@ -92,7 +93,7 @@ def main(smoke=False):
         ms = (lambda s: f"{s * 1e3:9.3f}" if s else f"{'-':>9}")
         print(f"{layer.name:<24}{ms(f)}{copies * 1e3:10.3f}{ms(tf)}{ratio(tf, f)}"
               f"{ms(b)}{ms(tb)}{ratio(tb, b)}   ({gflop(g) / f:.0f} GFLOP/s fwd)", flush=True)
-    if smoke:
+    if smoke or not model:
         return
     model = fc.models.resnet50().eval()
     image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -114,4 +115,7 @@ def main(smoke=False):
 
 
 if __name__ == "__main__":
-    main(smoke="--smoke" in sys.argv[1:])
+    args = sys.argv[1:]
+    names = args[args.index("--layers") + 1:] if "--layers" in args else []
+    main(smoke="--smoke" in args, patterns=[n for n in names if not n.startswith("--")],
+         model="--no-model" not in args)
