@@ -42,6 +42,20 @@ def _launch(kernel, n_items, inputs, outputs, *scalars):
         device.copy_to_host(host)
 
 
+@cuda.jit(device=True)
+def _unravel(idx, shape):
+    """The 4-D index of the element ``idx`` of a C-ordered array of ``shape``."""
+    return (idx // (shape[1] * shape[2] * shape[3]), idx // (shape[2] * shape[3]) % shape[1],
+            idx // shape[3] % shape[2], idx % shape[3])
+
+
+@cuda.jit(device=True)
+def _zero_plane(a, n, c, zero):
+    for h in range(a.shape[2]):
+        for v in range(a.shape[3]):
+            a[n, c, h, v] = zero
+
+
 # ---------------------------------------------------------------------------
 # Convolution, direct
 # ---------------------------------------------------------------------------
@@ -50,13 +64,10 @@ def _launch(kernel, n_items, inputs, outputs, *scalars):
 def _conv_fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, groups):
     """y[n, k, oh, ow] = b[k] + sum_{c,i,j} w[k, c, i, j] x[n, g*Cg + c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
     idx = cuda.grid(1)
-    N, K, OH, OW = y.shape
-    if idx >= N * K * OH * OW:
+    if idx >= y.size:
         return
-    ow = idx % OW
-    oh = idx // OW % OH
-    k = idx // (OW * OH) % K
-    n = idx // (OW * OH * K)
+    n, k, oh, ow = _unravel(idx, y.shape)
+    K = y.shape[1]
     Cg, kh, kw = w.shape[1], w.shape[2], w.shape[3]
     H, W = x.shape[2], x.shape[3]
     c0 = k // (K // groups) * Cg
@@ -77,13 +88,9 @@ def _conv_bwd_data(dy, w, zero, dx, sh, sw, pt, pl, dh, dw, groups):
     """dx[n, c, h, v] gathers w[k, c', i, j] dy[n, k, oh, ow] over the windows that read it:
     oh*sh - pt + i*dh = h and ow*sw - pl + j*dw = v."""
     idx = cuda.grid(1)
-    N, C, H, W = dx.shape
-    if idx >= N * C * H * W:
+    if idx >= dx.size:
         return
-    v = idx % W
-    h = idx // W % H
-    c = idx // (W * H) % C
-    n = idx // (W * H * C)
+    n, c, h, v = _unravel(idx, dx.shape)
     K, Cg, kh, kw = w.shape[0], w.shape[1], w.shape[2], w.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
     Kg = K // groups
@@ -106,13 +113,10 @@ def _conv_bwd_data(dy, w, zero, dx, sh, sw, pt, pl, dh, dw, groups):
 def _conv_bwd_weight(dy, x, zero, dw_, sh, sw, pt, pl, dh, dw, groups):
     """dw_[k, c, i, j] = sum over n, oh, ow of dy[n, k, oh, ow] x[n, g*Cg + c, oh*sh-pt+i*dh, ...]."""
     idx = cuda.grid(1)
-    K, Cg, kh, kw = dw_.shape
-    if idx >= K * Cg * kh * kw:
+    if idx >= dw_.size:
         return
-    j = idx % kw
-    i = idx // kw % kh
-    c = idx // (kw * kh) % Cg
-    k = idx // (kw * kh * Cg)
+    k, c, i, j = _unravel(idx, dw_.shape)
+    K, Cg = dw_.shape[0], dw_.shape[1]
     N, OH, OW = dy.shape[0], dy.shape[2], dy.shape[3]
     H, W = x.shape[2], x.shape[3]
     cx = k // (K // groups) * Cg + c
@@ -150,13 +154,9 @@ def conv2d_bwd_weight_direct(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups,
 def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw):
     """cols[n, (c, i, j), oh, ow] = x[n, c, oh*sh-pt+i*dh, ow*sw-pl+j*dw], 0 in the padding."""
     idx = cuda.grid(1)
-    N, CKK, OH, OW = cols.shape
-    if idx >= N * CKK * OH * OW:
+    if idx >= cols.size:
         return
-    ow = idx % OW
-    oh = idx // OW % OH
-    r = idx // (OW * OH) % CKK
-    n = idx // (OW * OH * CKK)
+    n, r, oh, ow = _unravel(idx, cols.shape)
     j = r % kw
     i = r // kw % kh
     c = r // (kw * kh)
@@ -172,13 +172,9 @@ def _im2col(x, cols, kh, kw, sh, sw, pt, pl, dh, dw):
 def _col2im(cols, zero, x, kh, kw, sh, sw, pt, pl, dh, dw):
     """x[n, c, h, v] gathers every column entry copied from it."""
     idx = cuda.grid(1)
-    N, C, H, W = x.shape
-    if idx >= N * C * H * W:
+    if idx >= x.size:
         return
-    v = idx % W
-    h = idx // W % H
-    c = idx // (W * H) % C
-    n = idx // (W * H * C)
+    n, c, h, v = _unravel(idx, x.shape)
     OH, OW = cols.shape[2], cols.shape[3]
     acc = zero[0]
     for i in range(kh):
@@ -209,13 +205,9 @@ def _maxpool_fwd(x, y, indices, kh, kw, sh, sw, pt, pl, dh, dw):
     """PyTorch's scan of each window, row-major: a strictly larger value or any NaN
     replaces the maximum, which starts at -inf on the first pixel inside the input."""
     idx = cuda.grid(1)
-    N, C, OH, OW = y.shape
-    if idx >= N * C * OH * OW:
+    if idx >= y.size:
         return
-    ow = idx % OW
-    oh = idx // OW % OH
-    c = idx // (OW * OH) % C
-    n = idx // (OW * OH * C)
+    n, c, oh, ow = _unravel(idx, y.shape)
     H, W = x.shape[2], x.shape[3]
     h0 = oh * sh - pt
     w0 = ow * sw - pl
@@ -246,9 +238,7 @@ def _maxpool_bwd(dy, indices, zero, dx):
         return
     n = plane // C
     c = plane % C
-    for h in range(H):
-        for v in range(W):
-            dx[n, c, h, v] = zero[0]
+    _zero_plane(dx, n, c, zero[0])
     for oh in range(dy.shape[2]):
         for ow in range(dy.shape[3]):
             at = indices[n, c, oh, ow]
@@ -270,13 +260,9 @@ def _avg_divisor(h0, w0, kh, kw, H, W, pt, pl, count_include_pad, divisor_overri
 @cuda.jit
 def _avgpool_fwd(x, zero, y, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override):
     idx = cuda.grid(1)
-    N, C, OH, OW = y.shape
-    if idx >= N * C * OH * OW:
+    if idx >= y.size:
         return
-    ow = idx % OW
-    oh = idx // OW % OH
-    c = idx // (OW * OH) % C
-    n = idx // (OW * OH * C)
+    n, c, oh, ow = _unravel(idx, y.shape)
     H, W = x.shape[2], x.shape[3]
     h0 = oh * sh - pt
     w0 = ow * sw - pl
@@ -297,9 +283,7 @@ def _avgpool_bwd(dy, zero, dx, kh, kw, sh, sw, pt, pl, count_include_pad, diviso
         return
     n = plane // C
     c = plane % C
-    for h in range(H):
-        for v in range(W):
-            dx[n, c, h, v] = zero[0]
+    _zero_plane(dx, n, c, zero[0])
     for oh in range(dy.shape[2]):
         for ow in range(dy.shape[3]):
             h0 = oh * sh - pt
@@ -315,14 +299,10 @@ def _avgpool_bwd(dy, zero, dx, kh, kw, sh, sw, pt, pl, count_include_pad, diviso
 def _adaptive_fwd(x, zero, y):
     """Window (oh, ow) averages rows [floor(oh*H/OH), ceil((oh+1)*H/OH)), likewise columns."""
     idx = cuda.grid(1)
-    N, C, OH, OW = y.shape
-    if idx >= N * C * OH * OW:
+    if idx >= y.size:
         return
-    ow = idx % OW
-    oh = idx // OW % OH
-    c = idx // (OW * OH) % C
-    n = idx // (OW * OH * C)
-    H, W = x.shape[2], x.shape[3]
+    n, c, oh, ow = _unravel(idx, y.shape)
+    H, W, OH, OW = x.shape[2], x.shape[3], y.shape[2], y.shape[3]
     h0, h1 = oh * H // OH, -(-((oh + 1) * H) // OH)
     w0, w1 = ow * W // OW, -(-((ow + 1) * W) // OW)
     total = zero[0]
@@ -342,9 +322,7 @@ def _adaptive_bwd(dy, zero, dx):
     n = plane // C
     c = plane % C
     OH, OW = dy.shape[2], dy.shape[3]
-    for h in range(H):
-        for v in range(W):
-            dx[n, c, h, v] = zero[0]
+    _zero_plane(dx, n, c, zero[0])
     for oh in range(OH):
         h0, h1 = oh * H // OH, -(-((oh + 1) * H) // OH)
         for ow in range(OW):
