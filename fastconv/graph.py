@@ -9,11 +9,16 @@ graph is built, by running each layer on an empty batch (every operation of
 fastconv accepts one) in eval mode, so a mismatch is reported at build time
 with the layer's name.
 
-In eval mode a graph runs for inference: it keeps no contexts and drops each
-intermediate tensor after its last use, so the peak memory is that of the
-widest cut of the graph, not the sum of its activations; ``backward`` then
-needs another forward pass in training mode.
+Called on a model in eval mode, a graph runs for inference: it keeps no
+contexts and drops each intermediate tensor after its last use, so the peak
+memory is that of the widest cut of the graph, not the sum of its
+activations; ``backward`` then needs another forward pass in training mode.
+What decides is the mode of the layer the call starts from: a graph put in
+eval mode inside a model that trains (frozen BatchNorm) keeps what backward
+needs.
 """
+
+import warnings
 
 import numpy as np
 
@@ -44,7 +49,9 @@ class Node:
         was_training = layer.training
         layer.eval()
         try:
-            out = layer._forward(Context(), *empty)
+            with warnings.catch_warnings():     # statistics of an empty batch are NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                out = layer._forward(Context(), *empty)
         except (ValueError, TypeError) as exc:
             shapes = ", ".join(str(t.shape) for t in self.inputs)
             raise ValueError(f"{_describe(layer)} cannot take inputs of shape {shapes} "
@@ -115,9 +122,9 @@ class Graph(Layer):
         if len(arrays) != len(self.inputs):
             raise ValueError(f"Graph: expected {len(self.inputs)} inputs, got {len(arrays)}")
         values = {id(t): a for t, a in zip(self.inputs, arrays)}
-        ctx.steps = [] if self.training else None
-        last_use = {} if self.training else _last_uses(nodes, outputs)
-        fused = set() if self.training else _relu_fusions(nodes, outputs)
+        ctx.steps = None if ctx.inference else []
+        last_use = _last_uses(nodes, outputs) if ctx.inference else {}
+        fused = _relu_fusions(nodes, outputs) if ctx.inference else set()
         for i, node in enumerate(nodes):
             if node in fused:       # a ReLU that the node before it applied
                 values[id(node.output)] = values[id(node.inputs[0])]
@@ -203,6 +210,8 @@ def _may_overwrite(node, values, dying, protected):
     if id(first) not in dying or sum(t is first for t in node.inputs) > 1:
         return False
     a = values[id(first)]
+    if not a.flags.writeable:
+        return False
     others = [v for key, v in values.items() if key != id(first)]
     return not any(np.may_share_memory(a, v) for v in others + list(protected))
 

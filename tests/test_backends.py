@@ -106,6 +106,14 @@ def test_the_kernels_blas_stays_single_threaded_when_it_is_a_library_of_its_own(
         else:
             assert threads.pop(kernel_blas.filepath) == 1
             assert threads and all(n == 2 for n in threads.values())
+            # limits changed behind fastconv's back are undone before a kernel calls BLAS
+            from threadpoolctl import threadpool_limits
+
+            x, w = np.ones((1, 2, 8, 8), np.float32), np.ones((3, 2, 3, 3), np.float32)
+            with threadpool_limits(2, user_api="blas"):
+                assert kernel_blas.num_threads == 2
+                fc.conv2d(x, w, algorithm="im2col", backend=fc.available_backends()[1])
+                assert kernel_blas.num_threads == 1
     finally:
         fc.set_num_threads(before)
 

@@ -145,3 +145,57 @@ def test_relu_is_fused_only_into_a_tensor_nothing_else_reads():
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
     assert (got[0] < 0).any()                 # the returned tensor kept its negatives
+
+
+def test_a_part_in_eval_mode_inside_a_training_model_still_backpropagates():
+    """Frozen BatchNorm while fine-tuning: model.train(); backbone.eval()."""
+    rng = np.random.default_rng(7)
+    nn.manual_seed(7)
+    conv, bn = nn.Conv2d(3, 4, 3), _batchnorm(4, rng)
+    backbone = nn.Sequential(conv, bn, nn.ReLU())
+    model = nn.Sequential(backbone, nn.Flatten(), nn.Linear(64, 2))
+    model.train()
+    backbone.eval()
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    y = model(x)
+    grad_x = model.backward(np.ones_like(y))
+    assert grad_x.shape == x.shape and conv.weight.grad is not None
+    # the same computation layer by layer, BatchNorm in eval mode on its own
+    reference = [conv, bn, nn.ReLU(), nn.Flatten(), model[2]]
+    out = x
+    for layer in reference:
+        out = layer.forward(out)
+    np.testing.assert_allclose(y, out, rtol=1e-6, atol=1e-6)
+
+
+def test_batch_statistics_never_swallow_a_fused_relu():
+    x = np.random.default_rng(8).standard_normal((2, 3, 4, 4)).astype(np.float32)
+    for bn in (nn.BatchNorm2d(3, track_running_stats=False), nn.BatchNorm2d(3)):
+        model = nn.Sequential(bn, nn.ReLU()).eval()
+        if bn.track_running_stats:
+            bn.train()                        # batch statistics under an eval model
+        image = fc.Input((3, 4, 4))
+        graph = fc.Graph(image, nn.ReLU()(bn(image))).eval()
+        if bn.track_running_stats:
+            bn.train()
+        for run in (model, graph):
+            y = run(x)
+            assert (y >= 0).all() and (y > 0).any()
+
+
+def test_one_input_add_with_a_fused_relu_leaves_the_callers_array():
+    x = np.random.default_rng(9).standard_normal((1, 2, 3, 3)).astype(np.float32)
+    before = x.copy()
+    y = nn.Sequential(nn.Add(), nn.ReLU()).eval()(x)
+    assert np.array_equal(x, before) and np.array_equal(y, np.maximum(x, 0))
+
+
+def test_inference_batchnorm_takes_a_strided_input():
+    class EveryOtherRow(nn.Layer):
+        def _forward(self, ctx, x):
+            return (x * 1)[:, :, ::2]
+
+    x = np.random.default_rng(10).standard_normal((1, 4, 6, 3)).astype(np.float32)
+    bn = _batchnorm(4, np.random.default_rng(11))
+    y = nn.Sequential(EveryOtherRow(), bn).eval()(x)
+    np.testing.assert_allclose(y, bn.forward(x[:, :, ::2]), rtol=1e-6, atol=1e-6)

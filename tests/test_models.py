@@ -69,6 +69,8 @@ def test_initialisation_follows_torchvision():
     assert abs(g["inception4a.branch2.1.conv.weight"].std() / 0.01 - 1) < 0.02
     i = models.inception_v3()
     assert abs(i.state_dict()["AuxLogits.fc.weight"].std() / 0.001 - 1) < 0.02
+    # torchvision's stddev mark on AuxLogits.conv1 never reaches its convolution
+    assert abs(i.state_dict()["AuxLogits.conv1.conv.weight"].std() / 0.1 - 1) < 0.02
     assert abs(i.state_dict()["Mixed_6b.branch1x1.conv.weight"].std() / 0.1 - 1) < 0.02
 
 

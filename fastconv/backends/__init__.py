@@ -235,7 +235,14 @@ def _find_kernel_blas():
                 break
     blas = ThreadpoolController().select(user_api="blas").lib_controllers
     mine = [lib for lib in blas if os.path.realpath(lib.filepath) == path]
-    _kernel_blas = (mine[0] if mine else None), len(blas) < 2 or not mine
+    # a library of its own only when it is the one SciPy's wheel vendors (then NumPy's
+    # is another file); a system or conda BLAS may be NumPy's as well
+    import scipy
+
+    vendored = os.path.realpath(os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)),
+                                             "scipy.libs"))
+    own = bool(mine) and len(blas) >= 2 and path.startswith(vendored + os.sep)
+    _kernel_blas = (mine[0] if mine else None), not own
     return _kernel_blas
 
 
@@ -245,6 +252,8 @@ def kernel_blas_single_threaded():
     is a library of its own (see ``_find_kernel_blas``), else set and restored."""
     kernel_blas, shared = _find_kernel_blas()
     if not shared:
+        if kernel_blas.num_threads != 1:    # someone changed the limits since (threadpoolctl)
+            kernel_blas.set_num_threads(1)
         yield
         return
     with single_threaded_blas():

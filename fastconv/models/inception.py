@@ -9,7 +9,7 @@ torchvision's deviations from the paper, copied here so that its weights load:
   to 192 and a max pool) rather than the paper's Table 1, and so do the grid
   reductions ``Mixed_6a`` and ``Mixed_7a``;
 - the auxiliary head's linear layer has no BatchNorm ("BN-auxiliary" in the
-  paper); its second convolution and linear layer start with std 0.01 and 0.001.
+  paper) and starts with std 0.001.
 """
 
 from .. import nn
@@ -137,7 +137,9 @@ def inception_v3(num_classes=1000, aux_logits=True, transform_input=False, init_
     logits = named("fc", nn.Linear(2048, num_classes))(x)
     model = AuxGraph(image, logits, aux)
     if aux_logits:
-        getattr(model, "AuxLogits.conv1.conv").stddev = 0.01
+        # torchvision also marks AuxLogits.conv1 (a BasicConv2d) with stddev 0.01, but its
+        # initialisation loop only reads the attribute on Conv2d and Linear modules, so
+        # that convolution keeps 0.1; only the linear layer's 0.001 takes effect
         getattr(model, "AuxLogits.fc").stddev = 0.001
     if init_weights:
         initialise(model, conv=("truncated", 0.1), linear=("truncated", 0.1))

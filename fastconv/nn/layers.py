@@ -287,9 +287,9 @@ class Sequential(Layer):
         return len(self._children)
 
     def _forward(self, ctx, x):
-        # in eval mode (inference) no context is kept, so each activation is freed
-        # as soon as the next layer has read it
-        ctx.steps = [] if self.training else None
+        # at inference no context is kept, so each activation is freed as soon as
+        # the next layer has read it
+        ctx.steps = None if ctx.inference else []
         caller = x
         layers = list(self._children.values())
         fused = False
@@ -300,7 +300,7 @@ class Sequential(Layer):
             step = type(ctx)()
             if ctx.steps is None:
                 step.inference = True
-                step.overwrite = not np.may_share_memory(x, caller)
+                step.overwrite = x.flags.writeable and not np.may_share_memory(x, caller)
                 step.relu = fused = fuses_relu(layer, after)
             x = layer._forward(step, x)
             if ctx.steps is not None:
@@ -355,7 +355,10 @@ class BatchNorm2d(Layer):
     batch's statistics and updates ``running_mean``/``running_var`` with ``momentum``
     (the running variance unbiased); eval mode uses the running statistics."""
 
-    fuses_relu = True
+    @property
+    def fuses_relu(self):
+        """At inference with the running statistics, a following ReLU runs in the same pass."""
+        return not self.training and self.track_running_stats
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, dtype=np.float32):
@@ -386,7 +389,8 @@ class BatchNorm2d(Layer):
         else:
             mean, var = self.running_mean, self.running_var
             if ctx.inference:
-                return self._affine(x, mean, var, ctx.overwrite, ctx.relu)
+                overwrite = ctx.overwrite and x.flags.c_contiguous and x.flags.writeable
+                return self._affine(x, mean, var, overwrite, ctx.relu)
         inv = 1 / np.sqrt(var + self.eps)
         xhat = (x - mean[:, None, None]) * inv[:, None, None]
         ctx.xhat, ctx.inv, ctx.batch = xhat, inv, use_batch
@@ -471,15 +475,12 @@ class Add(Layer):
     def _forward(self, ctx, *inputs):
         ctx.n = len(inputs)
         out = inputs[0]
-        if ctx.overwrite and np.broadcast_shapes(*(a.shape for a in inputs)) == out.shape \
-                and np.result_type(*inputs) == out.dtype:
-            for a in inputs[1:]:
-                out += a
-        else:
-            for a in inputs[1:]:
-                out = out + a
-        if ctx.relu:                # out is a new array or one this layer may overwrite
-            np.maximum(out, 0, out=out)
+        inplace = ctx.overwrite and np.result_type(*inputs) == out.dtype \
+            and np.broadcast_shapes(*(a.shape for a in inputs)) == out.shape
+        for a in inputs[1:]:
+            out = np.add(out, a, out=out if inplace else None)
+        if ctx.relu:                # over out only if it is not an input kept by someone else
+            return np.maximum(out, 0, out=out if inplace or out is not inputs[0] else None)
         return out
 
     def _backward(self, ctx, grad_out):

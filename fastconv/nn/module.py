@@ -25,8 +25,11 @@ class Parameter:
 class Context:
     """What one forward call leaves for its backward call.
 
-    A container running inference (eval mode) sets ``inference``: no backward
-    will follow, so a layer need keep nothing. It also sets ``overwrite`` when
+    A call on a model (a layer with children) in eval mode runs for inference:
+    its context and those its containers make for their children say
+    ``inference``, no backward will follow, so a layer need keep nothing. A
+    child in eval mode inside a model that trains (a frozen BatchNorm) runs
+    with ``inference`` false, and so does a single layer called on its own. It also sets ``overwrite`` when
     the layer's first input is read for the last time and shares no memory with
     any other live array, so that the layer may write its output there (ReLU,
     BatchNorm, Add do, as PyTorch's ``inplace=True`` layers do). A layer whose
@@ -84,6 +87,9 @@ class Layer:
         if any(isinstance(a, SymbolicTensor) for a in inputs):
             return _symbolic_call(self, inputs)
         ctx = Context()
+        # a model (a layer with children) called in eval mode runs for inference;
+        # the mode of the outermost call decides, for every layer below it
+        ctx.inference = not self.training and bool(self._children)
         out = self._forward(ctx, *inputs)
         object.__setattr__(self, "_last_ctx", ctx)
         return out
