@@ -86,6 +86,7 @@ class Graph(Layer):
         self.inputs = [inputs] if self._single_input else list(inputs)
         self.outputs = [outputs] if self._single_output else list(outputs)
         self.nodes = self._order(self.outputs)
+        self._plans = {}            # id of a node list -> what inference needs to know of it
         for i, layer in enumerate(dict.fromkeys(n.layer for n in self.nodes)):
             setattr(self, getattr(layer, "name", None) or str(i), layer)
 
@@ -123,8 +124,7 @@ class Graph(Layer):
             raise ValueError(f"Graph: expected {len(self.inputs)} inputs, got {len(arrays)}")
         values = {id(t): a for t, a in zip(self.inputs, arrays)}
         ctx.steps = None if ctx.inference else []
-        last_use = _last_uses(nodes, outputs) if ctx.inference else {}
-        fused = _relu_fusions(nodes, outputs) if ctx.inference else set()
+        last_use, fused = self._inference_plan(nodes, outputs) if ctx.inference else ({}, set())
         for i, node in enumerate(nodes):
             if node in fused:       # a ReLU that the node before it applied
                 values[id(node.output)] = values[id(node.inputs[0])]
@@ -142,6 +142,21 @@ class Graph(Layer):
                 del values[key]
         out = [values[id(t)] for t in outputs]
         return out[0] if single_output else tuple(out)
+
+    def _inference_plan(self, nodes, outputs):
+        """The tensors' last readers (fixed by the graph, found once per node list) and
+        the ReLUs fused this call (a layer's mode decides whether it fuses)."""
+        from .nn.layers import fuses_relu
+
+        key = id(nodes)
+        if key not in self._plans:
+            self._plans[key] = (_last_uses(nodes, outputs), _relu_candidates(nodes, outputs))
+        last_use, candidates = self._plans[key]
+        fused = set()
+        for node, t in candidates:
+            if fuses_relu(t.node.layer, node.layer):
+                fused.update((node, t))
+        return last_use, fused
 
     def _backward(self, ctx, grad_out):
         if ctx.steps is None:
@@ -182,23 +197,18 @@ def _last_uses(nodes, outputs):
     return by_node
 
 
-def _relu_fusions(nodes, outputs):
-    """The ReLU nodes that can be fused into the node before them at inference, and
-    the output tensors of those nodes: a tensor that is not a graph output, read
-    only by the ReLU, and made by a layer that ``fuses_relu``."""
-    from .nn.layers import fuses_relu
-
+def _relu_candidates(nodes, outputs):
+    """(node, its input) pairs where the node could be a ReLU fused into the node before
+    it at inference: the input is made by a node, read by this node alone and is not
+    a graph output."""
     readers = {}
     for node in nodes:
         for t in node.inputs:
             readers.setdefault(id(t), []).append(node)
-    fused = set()
-    for node in nodes:
-        t = node.inputs[0]
-        if (len(node.inputs) == 1 and t.node is not None and len(readers[id(t)]) == 1
-                and not any(t is o for o in outputs) and fuses_relu(t.node.layer, node.layer)):
-            fused.update((node, t))
-    return fused
+    return [(node, node.inputs[0]) for node in nodes
+            if len(node.inputs) == 1 and node.inputs[0].node is not None
+            and len(readers[id(node.inputs[0])]) == 1
+            and not any(node.inputs[0] is o for o in outputs)]
 
 
 def _may_overwrite(node, values, dying, protected):
