@@ -195,15 +195,16 @@ def blas_address(name):
 
 def _find_kernel_blas():
     """(threadpoolctl controller, shared) of the BLAS library that holds the sgemm the
-    compiled kernels call, ``shared`` when NumPy's own BLAS is that same library;
-    (None, True) before a compiled backend is loaded or where it cannot be told.
+    compiled kernels call; ``shared`` unless it is the library SciPy's wheel vendors
+    (NumPy's BLAS is then another file); (None, True) before a compiled backend is
+    loaded or where it cannot be told.
 
     The kernels call BLAS only from their own threads, one product per thread, so
     a separate library (SciPy's wheels bring their own OpenBLAS) stays at one
     thread for good. Setting it to one thread around each call and back, as must
     be done when NumPy shares it, wakes its pool every time: OpenBLAS's threads
     then spin for about 0.1 s and take the cores from the next kernel (ResNet-50
-    inference took 87 ms that way and 72 ms with the library left at one thread).
+    inference took 87 ms that way and 70 ms with the library left at one thread).
     """
     global _kernel_blas
     if _kernel_blas is not None:
