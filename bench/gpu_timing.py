@@ -1,14 +1,18 @@
 """CUDA backend timings on a real GPU: convolution forward and backward on the DESIGN.md
-layer set, and ResNet-50 inference, against PyTorch on the same GPU when a CUDA build
-of torch is installed (TF32 off, so both compute in float32).
+layer set with each algorithm, and batch-1 inference of models moved to the GPU,
+against PyTorch on the same GPU when a CUDA build of torch is installed (TF32 off, so
+both compute in float32).
 
-    python bench/gpu_timing.py [--smoke] [--layers NAME ...] [--no-model]
+    python bench/gpu_timing.py [--smoke] [--layers NAME ...] [--models NAME ...]
+                               [--tiles BM,BN,BK,TM,TN ...]
 
-Kernel times exclude the host-device copies (device arrays in, synchronised after);
-"with copies" is what ``backend="cuda"`` costs a NumPy caller. ``--smoke`` runs one
-tiny layer, for a check of the script itself in numba's simulator.
+Times are of fastconv's functional calls on device arrays (their Python work
+included), synchronised after. ``--tiles`` also times the implicit-GEMM kernels
+with other tile shapes; ``--models`` with no name skips the models. ``--smoke``
+runs one tiny layer, for a check of the script itself in numba's simulator.
 """
 
+import os
 import sys
 import time
 
@@ -16,7 +20,6 @@ import numpy as np
 from numba import cuda
 
 import fastconv as fc
-from fastconv import _cuda_kernels as K
 from fastconv.bench import CONV_LAYERS, _layer
 from fastconv.shapes import conv2d_geometry, gflop
 
@@ -45,77 +48,110 @@ def _torch():
     return torch
 
 
-def _kernel_launches(layer):
-    """Forward, data-gradient and weight-gradient launches on device arrays."""
+def _conv_times(layer, algorithm):
+    """Forward and backward (both gradients) of fastconv on device arrays."""
     x, w = layer.arrays()
-    g = conv2d_geometry(x, w, None, layer.stride, layer.padding, 1, 1)[3]
-    args = (g.sh, g.sw, g.pt, g.pl, g.dh, g.dw, 1)
-    t = K.threads_per_block()
-    y = np.empty(g.y_shape, np.float32)
-    dx_, dw_, dy_, b_ = (cuda.to_device(a) for a in (x, w, np.ones(g.y_shape, np.float32),
-                                                    np.zeros(g.c_out, np.float32)))
-    zero = cuda.to_device(np.zeros(1, np.float32))
-    out_y, out_x, out_w = (cuda.device_array(s, np.float32) for s in (y.shape, x.shape, w.shape))
-
-    def blocks(n):
-        return (n + t - 1) // t
-
-    fwd = lambda: K._conv_fwd[blocks(y.size), t](dx_, dw_, b_, out_y, *args)  # noqa: E731
-    bwd = lambda: (K._conv_bwd_data[blocks(x.size), t](dy_, dw_, zero, out_x, *args),  # noqa: E731
-                   K._conv_bwd_weight[blocks(w.size), t](dy_, dx_, zero, out_w, *args))
-    return x, w, g, fwd, bwd
+    kw = dict(layer.kwargs(), algorithm=algorithm)
+    dx, dw = cuda.to_device(x), cuda.to_device(w)
+    dy = cuda.to_device(np.ones(fc.conv2d(dx, dw, **kw).shape, np.float32))
+    return (_best(lambda: fc.conv2d(dx, dw, **kw)),
+            _best(lambda: fc.conv2d_backward(dy, dx, dw, **kw)))
 
 
-def main(smoke=False, patterns=(), model=True):
+def _torch_conv_times(torch, layer):
+    x, w = layer.arrays()
+    xt, wt = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
+    kw = layer.kwargs()
+    dyt = torch.ones_like(torch.nn.functional.conv2d(xt, wt, **kw))
+    return (_best(lambda: torch.nn.functional.conv2d(xt, wt, **kw)),
+            _best(lambda: torch.ops.aten.convolution_backward(
+                dyt, xt, wt, None, [layer.stride] * 2, list(layer.padding), [1, 1], False,
+                [0, 0], 1, [True, True, False])))
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:9.3f}" if seconds else f"{'-':>9}"
+
+
+def _ratio(theirs, ours):
+    return f"{theirs / ours:7.2f}" if theirs else f"{'-':>7}"
+
+
+def layers(torch, selected, tiles):
+    """Per layer: each algorithm's forward and backward, PyTorch's, and the ratio of
+    PyTorch's time to the faster algorithm's (> 1: fastconv faster)."""
+    print(f"{'layer':<24}{'direct':>9}{'im2col':>9}{'torch':>9}{'ratio':>7}"
+          f"{'bwd dir':>9}{'bwd i2c':>9}{'torch':>9}{'ratio':>7}  (ms; GFLOP/s of the best)")
+    for layer in selected:
+        (fd, bd), (fi, bi) = _conv_times(layer, "direct"), _conv_times(layer, "im2col")
+        tf, tb = _torch_conv_times(torch, layer) if torch else (None, None)
+        g = conv2d_geometry(*layer.arrays(), None, layer.stride, layer.padding, 1, 1)[3]
+        f, b = min(fd, fi), min(bd, bi)
+        print(f"{layer.name:<24}{_ms(fd)}{_ms(fi)}{_ms(tf)}{_ratio(tf, f)}"
+              f"{_ms(bd)}{_ms(bi)}{_ms(tb)}{_ratio(tb, b)}  ({gflop(g) / f:.0f})", flush=True)
+        for tile in tiles:
+            os.environ["FASTCONV_CUDA_TILE"] = tile
+            fi, bi = _conv_times(layer, "im2col")
+            print(f"    tile {tile:<18} im2col fwd {fi * 1e3:8.3f} ms  bwd {bi * 1e3:8.3f} ms",
+                  flush=True)
+        os.environ.pop("FASTCONV_CUDA_TILE", None)
+
+
+def models(torch, names):
+    """Batch-1 inference of models moved to the GPU (``Layer.to("cuda")``), against the
+    same weights in PyTorch."""
+    from fastconv.models.torch_reference import build
+
+    rng = np.random.default_rng(0)
+    for name in names:
+        size = 299 if name == "inception_v3" else 224
+        image = rng.standard_normal((1, 3, size, size)).astype(np.float32)
+        model = getattr(fc.models, name)().eval()
+        reference = build(name).eval() if torch else None
+        if reference is not None:
+            model.load_state_dict({k: v.numpy() for k, v in reference.state_dict().items()})
+        model.to("cuda")
+        on_device = cuda.to_device(image)
+        ours = _best(lambda: model(on_device), rounds=3)
+        line = f"{name} batch-1 inference on the device: {ours * 1e3:.2f} ms"
+        if reference is not None:
+            reference = reference.cuda()
+            xt = torch.from_numpy(image).cuda()
+            with torch.inference_mode():
+                theirs = _best(lambda: reference(xt), rounds=3)
+                expected = reference(xt).cpu().numpy()
+            got = model(on_device).copy_to_host()
+            err = np.abs(got - expected).max() / np.abs(expected).max()
+            line += f"; torch {theirs * 1e3:.2f} ms, ratio {theirs / ours:.3f}, max error {err:.1e}"
+        print(line, flush=True)
+
+
+def main(smoke=False, patterns=(), model_names=("resnet50",), tiles=()):
     torch = _torch()
     device = getattr(cuda, "get_current_device", None)      # absent in the simulator
     name = device().name if device else "numba's CUDA simulator"
     name = name.decode() if isinstance(name, bytes) else name
-    print(f"GPU {name}; torch with CUDA: {'yes' if torch else 'no'}; float32")
-    print(f"{'layer':<24}{'fwd ms':>9}{'w/ copies':>10}{'torch':>9}{'ratio':>7}"
-          f"{'bwd ms':>9}{'torch':>9}{'ratio':>7}")
-    layers = [_layer("smoke", 1, 3, 4, 6, 3, 1, 1)] if smoke else \
+    print(f"GPU {name}; torch with CUDA: {'yes' if torch else 'no'}; float32; times are "
+          f"the best of 5 calls on device arrays, synchronised")
+    selected = [_layer("smoke", 1, 3, 4, 6, 3, 1, 1)] if smoke else \
         [layer for layer in CONV_LAYERS if not patterns or any(p in layer.name for p in patterns)]
-    for layer in layers:
-        x, w, g, fwd, bwd = _kernel_launches(layer)
-        f, b = _best(fwd), _best(bwd)
-        copies = _best(lambda: fc.conv2d(x, w, **layer.kwargs(), backend="cuda"))
-        tf = tb = None
-        if torch is not None:
-            xt, wt = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
-            dyt = torch.ones(g.y_shape, device="cuda")
-            kw = layer.kwargs()
-            tf = _best(lambda: torch.nn.functional.conv2d(xt, wt, **kw))
-            tb = _best(lambda: torch.ops.aten.convolution_backward(
-                dyt, xt, wt, None, [layer.stride] * 2, list(layer.padding), [1, 1], False,
-                [0, 0], 1, [True, True, False]))
-        ratio = (lambda theirs, ours: f"{theirs / ours:7.2f}" if theirs else f"{'-':>7}")
-        ms = (lambda s: f"{s * 1e3:9.3f}" if s else f"{'-':>9}")
-        print(f"{layer.name:<24}{ms(f)}{copies * 1e3:10.3f}{ms(tf)}{ratio(tf, f)}"
-              f"{ms(b)}{ms(tb)}{ratio(tb, b)}   ({gflop(g) / f:.0f} GFLOP/s fwd)", flush=True)
-    if smoke or not model:
-        return
-    model = fc.models.resnet50().eval()
-    image = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    previous = fc.set_backend("cuda")
-    try:
-        ours = _best(lambda: model(image), rounds=3)
-    finally:
-        fc.set_backend(previous)
-    line = f"resnet50 batch-1 inference, backend='cuda' (activations copied per layer): {ours * 1e3:.1f} ms"
-    if torch is not None:
-        from fastconv.models.torch_reference import build
+    layers(torch, selected, tiles)
+    if not smoke:
+        models(torch, model_names)
 
-        reference = build("resnet50").eval().cuda()
-        xt = torch.from_numpy(image).cuda()
-        with torch.inference_mode():
-            theirs = _best(lambda: reference(xt), rounds=3)
-        line += f"; torch {theirs * 1e3:.1f} ms, ratio {theirs / ours:.3f}"
-    print(line)
+
+def _values(args, flag):
+    """The words after ``flag`` up to the next flag."""
+    if flag not in args:
+        return None
+    rest = args[args.index(flag) + 1:]
+    stop = next((i for i, a in enumerate(rest) if a.startswith("--")), len(rest))
+    return rest[:stop]
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    names = args[args.index("--layers") + 1:] if "--layers" in args else []
-    main(smoke="--smoke" in args, patterns=[n for n in names if not n.startswith("--")],
-         model="--no-model" not in args)
+    model_names = _values(args, "--models")
+    main(smoke="--smoke" in args, patterns=_values(args, "--layers") or (),
+         model_names=("resnet50",) if model_names is None else model_names,
+         tiles=_values(args, "--tiles") or ())

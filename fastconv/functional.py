@@ -15,13 +15,31 @@ from . import shapes as _shapes
 from .shapes import conv_output_size  # noqa: F401  (public: fastconv.conv_output_size)
 
 
-def _alloc(shape, dtype):
-    """Every output a kernel writes is allocated here (the tests poison it with NaN)."""
+def _alloc(shape, dtype, like):
+    """Every output a kernel writes is allocated here (the tests poison it with NaN):
+    on the GPU when ``like``, the operation's main input, is a device array."""
+    if _backends.is_device_array(like):
+        return _backends.get_backend("cuda").empty(shape, dtype)
     return np.empty(shape, dtype=dtype)
 
 
 def _contiguous(*arrays):
-    return tuple(None if a is None else np.ascontiguousarray(a) for a in arrays)
+    return tuple(None if a is None
+                 else _backends.get_backend("cuda").contiguous(a) if _backends.is_device_array(a)
+                 else np.ascontiguousarray(a) for a in arrays)
+
+
+def _backend_for(backend, kernel, op, *arrays):
+    """The backend module of a call on ``arrays``: device arrays run on ``cuda``, which
+    ``backend=None`` then means whatever the default."""
+    if any(_backends.is_device_array(a) for a in arrays):
+        if backend is None:
+            backend = "cuda"
+        elif backend != "cuda":
+            raise TypeError(f"{op}: the arrays are CUDA device arrays but backend {backend!r} "
+                            f"runs on the host; pass backend='cuda' or None, or copy them "
+                            f"to the host with .copy_to_host()")
+    return _backends.get_backend(backend, kernel)
 
 
 def _kernel(backend, name, op):
@@ -34,16 +52,29 @@ def _kernel(backend, name, op):
     return kernel
 
 
-def _conv_setup(geometry, algorithm, backend, op):
-    """Backend module and resolved algorithm of a convolution call."""
-    module = _backends.get_backend(backend, "conv2d_fwd_im2col")
+def _conv_setup(geometry, algorithm, backend, op, *arrays):
+    """Backend module and resolved algorithm of a convolution call on ``arrays``."""
+    module = _backend_for(backend, "conv2d_fwd_im2col", op, *arrays)
     name = _backends.backend_name(module)
     algo = _select.choose_algorithm(geometry, algorithm, _select.implemented(module), name, op)
     return module, algo
 
 
-def _bias_or_zeros(bias, geometry, dtype):
-    return bias if bias is not None else np.zeros(geometry.c_out, dtype=dtype)
+def _channel_sum(module, a):
+    """The sum over n, h, w of ``a`` (N, C, H, W): a convolution's bias gradient."""
+    if not _backends.is_device_array(a):
+        return a.sum(axis=(0, 2, 3))
+    out = _alloc((a.shape[1],), a.dtype, a)
+    _kernel(module, "channel_sum", "conv2d_backward")(a, out, _backends.get_num_threads())
+    return out
+
+
+def _bias_or_zeros(bias, geometry, x):
+    if bias is not None:
+        return bias
+    if _backends.is_device_array(x):
+        return _backends.get_backend("cuda").zeros(geometry.c_out, x.dtype)
+    return np.zeros(geometry.c_out, dtype=x.dtype)
 
 
 def conv2d_algorithm(x, weight, stride=1, padding=0, dilation=1, groups=1, *,
@@ -56,7 +87,7 @@ def conv2d_algorithm(x, weight, stride=1, padding=0, dilation=1, groups=1, *,
     """
     x, weight, _, g = _shapes.conv2d_geometry(x, weight, None, stride, padding, dilation,
                                               groups, "conv2d")
-    return _conv_setup(g, algorithm, backend, "conv2d")[1]
+    return _conv_setup(g, algorithm, backend, "conv2d", x, weight)[1]
 
 
 def algorithms(backend=None):
@@ -73,8 +104,8 @@ def algorithms(backend=None):
 # ---------------------------------------------------------------------------
 
 def _conv_forward(module, algo, x, weight, bias, g):
-    x, weight, bias = _contiguous(x, weight, _bias_or_zeros(bias, g, x.dtype))
-    y = _alloc(g.y_shape, x.dtype)
+    x, weight, bias = _contiguous(x, weight, _bias_or_zeros(bias, g, x))
+    y = _alloc(g.y_shape, x.dtype, x)
     _kernel(module, f"conv2d_fwd_{algo}", "conv2d")(
         x, weight, bias, y, *g.kernel_args(), _backends.get_num_threads())
     return y
@@ -118,7 +149,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     """
     x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
                                                  groups, "conv2d")
-    module, algo = _conv_setup(g, algorithm, backend, "conv2d")
+    module, algo = _conv_setup(g, algorithm, backend, "conv2d", x, weight, bias)
     return _conv_forward(module, algo, x, weight, bias, g)
 
 
@@ -136,7 +167,7 @@ def convolve2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """
     x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
                                                  groups, "convolve2d")
-    module, algo = _conv_setup(g, algorithm, backend, "convolve2d")
+    module, algo = _conv_setup(g, algorithm, backend, "convolve2d", x, weight, bias)
     return _conv_forward(module, algo, x, weight[:, :, ::-1, ::-1], bias, g)
 
 
@@ -177,18 +208,18 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     x, weight, _, g = _shapes.conv2d_geometry(x, weight, None, stride, padding, dilation,
                                               groups, op)
     grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, x)
-    module, algo = _conv_setup(g, algorithm, backend, op)
+    module, algo = _conv_setup(g, algorithm, backend, op, grad_out, x, weight)
     grad_out, x, weight = _contiguous(grad_out, x, weight)
     n_threads = _backends.get_num_threads()
     grad_x = None
     if needs_input_grad:
-        grad_x = _alloc(g.x_shape, x.dtype)
+        grad_x = _alloc(g.x_shape, x.dtype, grad_out)
         _kernel(module, f"conv2d_bwd_data_{algo}", op)(
             grad_out, weight, grad_x, *g.kernel_args(), n_threads)
-    grad_w = _alloc(g.weight_shape, x.dtype)
+    grad_w = _alloc(g.weight_shape, x.dtype, grad_out)
     _kernel(module, f"conv2d_bwd_weight_{algo}", op)(
         grad_out, x, grad_w, *g.kernel_args(), n_threads)
-    return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, _channel_sum(module, grad_out)
 
 
 def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -225,13 +256,14 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     op = "conv_transpose2d"
     x, weight, bias, g = _shapes.conv_transpose2d_geometry(
         x, weight, bias, stride, padding, output_padding, groups, dilation, op)
-    module, algo = _conv_setup(g, "auto", backend, op)
-    x, weight = _contiguous(x, weight)
-    y = _alloc(g.x_shape, x.dtype)
-    _kernel(module, f"conv2d_bwd_data_{algo}", op)(
-        x, weight, y, *g.kernel_args(), _backends.get_num_threads())
-    if bias is not None:
-        y += bias[:, None, None]
+    module, algo = _conv_setup(g, "auto", backend, op, x, weight, bias)
+    x, weight, bias = _contiguous(x, weight, bias)
+    y = _alloc(g.x_shape, x.dtype, x)
+    n_threads = _backends.get_num_threads()
+    _kernel(module, f"conv2d_bwd_data_{algo}", op)(x, weight, y, *g.kernel_args(), n_threads)
+    if bias is not None:            # y * 1 + b is exactly y + b
+        _kernel(module, "channel_affine", op)(y, np.ones(y.shape[1], y.dtype), bias, y, False,
+                                              n_threads)
     return y
 
 
@@ -259,16 +291,16 @@ def conv_transpose2d_backward(grad_out, x, weight, stride=1, padding=0, output_p
     x, weight, _, g = _shapes.conv_transpose2d_geometry(
         x, weight, None, stride, padding, output_padding, groups, dilation, op)
     grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.x_shape, x)
-    module, algo = _conv_setup(g, "auto", backend, op)
+    module, algo = _conv_setup(g, "auto", backend, op, grad_out, x, weight)
     grad_out, x, weight = _contiguous(grad_out, x, weight)
     n_threads = _backends.get_num_threads()
-    grad_x = _alloc(g.y_shape, x.dtype)
-    grad_w = _alloc(g.weight_shape, x.dtype)
+    grad_x = _alloc(g.y_shape, x.dtype, grad_out)
+    grad_w = _alloc(g.weight_shape, x.dtype, grad_out)
     _kernel(module, f"conv2d_fwd_{algo}", op)(
-        grad_out, weight, np.zeros(g.c_out, dtype=x.dtype), grad_x, *g.kernel_args(), n_threads)
+        grad_out, weight, _bias_or_zeros(None, g, grad_out), grad_x, *g.kernel_args(), n_threads)
     _kernel(module, f"conv2d_bwd_weight_{algo}", op)(
         x, grad_out, grad_w, *g.kernel_args(), n_threads)
-    return grad_x, grad_w, grad_out.sum(axis=(0, 2, 3))
+    return grad_x, grad_w, _channel_sum(module, grad_out)
 
 
 # ---------------------------------------------------------------------------
@@ -298,9 +330,9 @@ def im2col(x, kernel_size, dilation=1, padding=0, stride=1, *, backend=None):
     op = "im2col"
     x = _shapes.float_array(x, "x", op, ndim=4)
     g = _shapes.unfold_geometry(*x.shape, kernel_size, dilation, padding, stride, op)
-    module = _backends.get_backend(backend, "im2col")
+    module = _backend_for(backend, "im2col", op, x)
     (x,) = _contiguous(x)
-    cols = _alloc((g.n, g.c_out, g.oh, g.ow), x.dtype)
+    cols = _alloc((g.n, g.c_out, g.oh, g.ow), x.dtype, x)
     _kernel(module, "im2col", op)(x, cols, *g.kernel_args()[:-1], _backends.get_num_threads())
     return cols.reshape(g.n, g.c_out, g.oh * g.ow)
 
@@ -328,9 +360,9 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1, *, b
     """
     op = "col2im"
     cols, g = _shapes.col2im_geometry(cols, output_size, kernel_size, dilation, padding, stride, op)
-    module = _backends.get_backend(backend, "col2im")
+    module = _backend_for(backend, "col2im", op, cols)
     (cols,) = _contiguous(cols)
-    x = _alloc(g.x_shape, cols.dtype)
+    x = _alloc(g.x_shape, cols.dtype, cols)
     _kernel(module, "col2im", op)(cols.reshape(g.n, g.c_out, g.oh, g.ow), x,
                                   *g.kernel_args()[:-1], _backends.get_num_threads())
     return x
@@ -342,10 +374,10 @@ def col2im(cols, output_size, kernel_size, dilation=1, padding=0, stride=1, *, b
 
 def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, backend, op):
     x, g = _shapes.pool2d_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
-    module = _backends.get_backend(backend, "maxpool2d_fwd")
+    module = _backend_for(backend, "maxpool2d_fwd", op, x)
     (x,) = _contiguous(x)
-    y = _alloc(g.y_shape, x.dtype)
-    indices = _alloc(g.y_shape, np.int64)
+    y = _alloc(g.y_shape, x.dtype, x)
+    indices = _alloc(g.y_shape, np.int64, x)
     _kernel(module, "maxpool2d_fwd", op)(x, y, indices, *g.kernel_args(),
                                          _backends.get_num_threads())
     return module, g, y, indices
@@ -391,9 +423,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                                      backend, op)
         return y, indices
     x, g = _shapes.pool2d_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
-    module = _backends.get_backend(backend, "maxpool2d_fwd_values")
+    module = _backend_for(backend, "maxpool2d_fwd_values", op, x)
     (x,) = _contiguous(x)
-    y = _alloc(g.y_shape, x.dtype)
+    y = _alloc(g.y_shape, x.dtype, x)
     _kernel(module, "maxpool2d_fwd_values", op)(x, y, *g.kernel_args(),
                                                 _backends.get_num_threads())
     return y
@@ -401,9 +433,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 def _max_pool2d_scatter(grad_out, indices, x_shape, backend):
     """Gradient of max pooling from the forward's indices (what a layer keeps)."""
-    module = _backends.get_backend(backend, "maxpool2d_bwd")
+    module = _backend_for(backend, "maxpool2d_bwd", "max_pool2d_backward", grad_out, indices)
     grad_out, indices = _contiguous(grad_out, indices)
-    grad_x = _alloc(x_shape, grad_out.dtype)
+    grad_x = _alloc(x_shape, grad_out.dtype, grad_out)
     _kernel(module, "maxpool2d_bwd", "max_pool2d_backward")(grad_out, indices, grad_x,
                                                            _backends.get_num_threads())
     return grad_x
@@ -440,7 +472,7 @@ def _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode, count_include_pa
     if not isinstance(count_include_pad, (bool, np.bool_)):
         raise TypeError(f"{op}: count_include_pad must be a bool, got {count_include_pad!r}")
     divisor = _shapes.divisor_override_value(divisor_override, op)
-    return x, g, _backends.get_backend(backend, "avgpool2d_fwd"), (bool(count_include_pad), divisor)
+    return x, g, _backend_for(backend, "avgpool2d_fwd", op, x), (bool(count_include_pad), divisor)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -472,7 +504,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_in
     x, g, module, extra = _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode,
                                           count_include_pad, divisor_override, backend, op)
     (x,) = _contiguous(x)
-    y = _alloc(g.y_shape, x.dtype)
+    y = _alloc(g.y_shape, x.dtype, x)
     _kernel(module, "avgpool2d_fwd", op)(x, y, *g.kernel_args(), *extra,
                                          _backends.get_num_threads())
     return y
@@ -494,7 +526,7 @@ def avg_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, ceil_m
                                           count_include_pad, divisor_override, backend, op)
     grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, x)
     (grad_out,) = _contiguous(grad_out)
-    grad_x = _alloc(g.x_shape, x.dtype)
+    grad_x = _alloc(g.x_shape, x.dtype, grad_out)
     _kernel(module, "avgpool2d_bwd", op)(grad_out, grad_x, *g.kernel_args(), *extra,
                                          _backends.get_num_threads())
     return grad_x
@@ -504,8 +536,8 @@ def _adaptive_setup(x, output_size, backend, op):
     x = _shapes.float_array(x, "x", op, ndim=4)
     _shapes.check_positive_spatial(x, op)
     oh, ow = _shapes.adaptive_output_size(x.shape[2:], output_size, op)
-    return x, (x.shape[0], x.shape[1], oh, ow), _backends.get_backend(backend,
-                                                                      "adaptive_avgpool2d_fwd")
+    return x, (x.shape[0], x.shape[1], oh, ow), _backend_for(backend, "adaptive_avgpool2d_fwd",
+                                                             op, x)
 
 
 def adaptive_avg_pool2d(x, output_size, *, backend=None):
@@ -530,7 +562,7 @@ def adaptive_avg_pool2d(x, output_size, *, backend=None):
     op = "adaptive_avg_pool2d"
     x, y_shape, module = _adaptive_setup(x, output_size, backend, op)
     (x,) = _contiguous(x)
-    y = _alloc(y_shape, x.dtype)
+    y = _alloc(y_shape, x.dtype, x)
     _kernel(module, "adaptive_avgpool2d_fwd", op)(x, y, _backends.get_num_threads())
     return y
 
@@ -548,7 +580,7 @@ def adaptive_avg_pool2d_backward(grad_out, x, output_size, *, backend=None):
     x, y_shape, module = _adaptive_setup(x, output_size, backend, op)
     grad_out = _shapes.grad_array(grad_out, "grad_out", op, y_shape, x)
     (grad_out,) = _contiguous(grad_out)
-    grad_x = _alloc(x.shape, x.dtype)
+    grad_x = _alloc(x.shape, x.dtype, grad_out)
     _kernel(module, "adaptive_avgpool2d_bwd", op)(grad_out, grad_x, _backends.get_num_threads())
     return grad_x
 
@@ -578,18 +610,143 @@ def channel_affine(x, scale, shift, *, relu=False, out=None, backend=None):
         if v.shape != (c,):
             raise ValueError(f"{op}: {name} must have shape ({c},) for x of shape {x.shape}, "
                              f"got {v.shape}")
-    if out is not None and (not isinstance(out, np.ndarray) or out.shape != x.shape
-                            or out.dtype != x.dtype or not out.flags.c_contiguous
-                            or not out.flags.writeable):
-        got = (f"a {out.dtype} array of shape {out.shape}" if isinstance(out, np.ndarray)
-               else type(out).__name__)
-        raise ValueError(f"{op}: out must be a writeable C-contiguous {x.dtype} array of "
-                         f"shape {x.shape}, got {got}")
-    module = _backends.get_backend(backend, "channel_affine")
+    _check_out(out, x, op)
+    module = _backend_for(backend, "channel_affine", op, x)
     (x,) = _contiguous(x)
-    y = _alloc(x.shape, x.dtype) if out is None else out
+    y = _alloc(x.shape, x.dtype, x) if out is None else out
     _kernel(module, "channel_affine", op)(x, scale, shift, y, bool(relu),
                                           _backends.get_num_threads())
+    return y
+
+
+def _check_out(out, x, op):
+    """``out`` may receive a result shaped like ``x``: None, or writeable, C-contiguous,
+    ``x``'s shape and dtype, and where ``x`` is (host or device)."""
+    if out is None:
+        return
+    on_device = _backends.is_device_array(x)
+    if _backends.is_device_array(out) == on_device and out.shape == x.shape \
+            and out.dtype == x.dtype and (
+                out.is_c_contiguous() if on_device
+                else out.flags.c_contiguous and out.flags.writeable):
+        return
+    got = (f"a {out.dtype} array of shape {out.shape}" if hasattr(out, "dtype")
+           else type(out).__name__)
+    where = "device" if on_device else "NumPy"
+    raise ValueError(f"{op}: out must be a writeable C-contiguous {x.dtype} {where} array of "
+                     f"shape {x.shape}, got {got}")
+
+
+def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, eps=1e-5, *,
+                         relu=False, out=None, backend=None):
+    """BatchNorm with its running statistics, as ``torch.nn.functional.batch_norm`` in
+    eval mode: ``y = (x - mean) / sqrt(var + eps) * weight + bias`` per channel, then
+    ``max(y, 0)`` if ``relu``.
+
+    On the host this is :func:`channel_affine` with ``scale = weight / sqrt(var + eps)``
+    and ``shift = bias - mean * scale`` worked out in float64; on device arrays one
+    kernel does both.
+
+    Parameters
+    ----------
+    x : ndarray or device array, (N, C, H, W)
+    running_mean, running_var : (C,), where x is
+    weight, bias : (C,), optional (1 and 0)
+    eps : float
+    out : array, optional
+        As in :func:`channel_affine`.
+    """
+    op = "batch_norm_inference"
+    x = _shapes.float_array(x, "x", op, ndim=4)
+    if not _backends.is_device_array(x):
+        scale = 1 / np.sqrt(np.asarray(running_var, np.float64) + eps)
+        if weight is not None:
+            scale *= weight
+        shift = -running_mean * scale
+        if bias is not None:
+            shift += bias
+        return channel_affine(x, scale, shift, relu=relu, out=out, backend=backend)
+    _check_out(out, x, op)
+    module = _backend_for(backend, "batchnorm_inference", op, x)
+    c = x.shape[1]
+    weight = np.ones(c, x.dtype) if weight is None else weight
+    bias = np.zeros(c, x.dtype) if bias is None else bias
+    (x,) = _contiguous(x)
+    y = _alloc(x.shape, x.dtype, x) if out is None else out
+    _kernel(module, "batchnorm_inference", op)(x, running_mean, running_var, weight, bias,
+                                               float(eps), y, bool(relu),
+                                               _backends.get_num_threads())
+    return y
+
+
+def relu(x, *, out=None):
+    """``max(x, 0)``; NaN stays NaN, as in PyTorch. Device arrays stay on the device."""
+    if not _backends.is_device_array(x):
+        return np.maximum(x, 0, out=out)
+    _check_out(out, x, "relu")
+    (x,) = _contiguous(x)
+    y = _alloc(x.shape, x.dtype, x) if out is None else out
+    _kernel(_backend_for(None, "relu", "relu", x), "relu", "relu")(
+        _flat(x), _flat(y), _backends.get_num_threads())
+    return y
+
+
+def add(*inputs, relu=False, out=None):
+    """The sum of ``inputs`` (then ``max(sum, 0)`` if ``relu``), written to ``out`` if
+    given (which may be the first input). NumPy arrays broadcast; device arrays must
+    share one shape."""
+    op = "add"
+    if not inputs:
+        raise ValueError(f"{op}: needs at least one input")
+    first = inputs[0]
+    if not _backends.is_device_array(first):
+        total = first
+        for a in inputs[1:]:
+            total = np.add(total, a, out=out if total is first else total)
+        if relu:
+            return np.maximum(total, 0, out=out if total is first else total)
+        return total
+    for i, a in enumerate(inputs[1:], 1):
+        if not _backends.is_device_array(a) or a.shape != first.shape or a.dtype != first.dtype:
+            got = f"shape {a.shape}, dtype {a.dtype}" if hasattr(a, "dtype") else type(a).__name__
+            raise ValueError(f"{op}: input {i} must be a device array of shape {first.shape} "
+                             f"and dtype {first.dtype} like input 0, got {got}")
+    _check_out(out, first, op)
+    module = _backend_for(None, "add", op, first)
+    inputs = _contiguous(*inputs)
+    n_threads = _backends.get_num_threads()
+    if len(inputs) == 1 and not relu:
+        return first
+    y = _alloc(first.shape, first.dtype, first) if out is None else out
+    if len(inputs) == 1:
+        module.relu(_flat(first), _flat(y), n_threads)
+    for i, a in enumerate(inputs[1:], 1):
+        module.add(_flat(inputs[0] if i == 1 else y), _flat(a), _flat(y),
+                   bool(relu) and i == len(inputs) - 1, n_threads)
+    return y
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def concat(inputs):
+    """``inputs`` joined along the channel axis (axis 1)."""
+    inputs = list(inputs)
+    if not inputs or not any(_backends.is_device_array(a) for a in inputs):
+        return np.concatenate(inputs, axis=1)
+    first = inputs[0]
+    for i, a in enumerate(inputs):
+        if not _backends.is_device_array(a) or a.ndim != 4 or a.dtype != first.dtype \
+                or a.shape[:1] + a.shape[2:] != first.shape[:1] + first.shape[2:]:
+            got = f"shape {a.shape}, dtype {a.dtype}" if hasattr(a, "dtype") else type(a).__name__
+            raise ValueError(f"concat: input {i} must be a 4-D device array of dtype "
+                             f"{first.dtype} matching input 0 (shape {first.shape}) but in "
+                             f"axis 1, got {got}")
+    module = _backend_for(None, "concat_channels", "concat", first)
+    shape = (first.shape[0], sum(a.shape[1] for a in inputs)) + first.shape[2:]
+    y = _alloc(shape, first.dtype, first)
+    module.concat_channels(_contiguous(*inputs), y, _backends.get_num_threads())
     return y
 
 
@@ -614,20 +771,21 @@ def linear(x, weight, bias=None, *, backend=None):
     x = _shapes.float_array(x, "x", op)
     weight = _shapes.float_array(weight, "weight", op, ndim=2, like=x)
     out_features, in_features = weight.shape
-    if x.ndim < 1 or x.shape[-1] != in_features:
+    shape = tuple(x.shape)              # numba's simulator's shapes index from 0 only
+    if x.ndim < 1 or shape[-1] != in_features:
         raise ValueError(f"{op}: x must have in_features={in_features} in its last axis, "
-                         f"got shape {x.shape}")
+                         f"got shape {shape}")
     if bias is not None:
         bias = _shapes.float_array(bias, "bias", op, ndim=1, like=x)
         if bias.shape != (out_features,):
             raise ValueError(f"{op}: bias must have shape ({out_features},), got {bias.shape}")
-    module = _backends.get_backend(backend, "linear_fwd")
-    x2 = x.reshape(int(np.prod(x.shape[:-1])), in_features)
-    y = _alloc((x2.shape[0], out_features), x.dtype)
+    module = _backend_for(backend, "linear_fwd", op, x, weight, bias)
+    x2 = x.reshape(int(np.prod(shape[:-1])), in_features)
+    y = _alloc((x2.shape[0], out_features), x.dtype, x)
     if y.size and in_features:
         x2, weight, bias = _contiguous(x2, weight, bias)
         b = np.empty(0, x.dtype) if bias is None else bias
         _kernel(module, "linear_fwd", op)(x2, weight, b, y, _backends.get_num_threads())
     else:
         y[...] = 0 if bias is None else bias
-    return y.reshape(x.shape[:-1] + (out_features,))
+    return y.reshape(shape[:-1] + (out_features,))

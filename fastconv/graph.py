@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from .backends import is_device_array
 from .nn.module import Context, Layer
 
 
@@ -78,6 +79,8 @@ class Graph(Layer):
     Children are named by the layers' ``name`` attribute where set, else by their
     position ("0", "1", ...) in execution order; a shared layer is one child.
     """
+
+    runs_on_gpu = True
 
     def __init__(self, inputs, outputs):
         super().__init__()
@@ -220,7 +223,7 @@ def _may_overwrite(node, values, dying, protected):
     if id(first) not in dying or sum(t is first for t in node.inputs) > 1:
         return False
     a = values[id(first)]
-    if not a.flags.writeable:
+    if is_device_array(a) or not a.flags.writeable:
         return False
     others = [v for key, v in values.items() if key != id(first)]
     return not any(np.may_share_memory(a, v) for v in others + list(protected))

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backends import is_device_array
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -207,12 +209,13 @@ def pair(value, name, op, minimum=None):
 
 
 def float_array(value, name, op, ndim=None, like=None):
-    """``value`` as a float32/float64 ndarray (no copy when it already is one).
+    """``value`` as a float32/float64 ndarray (no copy when it already is one); a CUDA
+    device array is checked and kept as it is.
 
     ``like`` is an array whose dtype ``value`` must share; mixing float32 and
     float64 is a ``TypeError``, as in PyTorch.
     """
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ndarray) or is_device_array(value):
         array = value
     else:
         try:

@@ -10,9 +10,16 @@ from fastconv.backends import get_backend
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every output buffer starts as NaN (or a huge index), so a kernel that misses a pixel fails."""
-    def alloc(shape, dtype):
-        out = np.empty(shape, dtype=dtype)
-        out.fill(np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max)
+    allocate = functional._alloc
+
+    def alloc(shape, dtype, like):
+        out = allocate(shape, dtype, like)
+        poison = np.full(shape, np.nan if np.dtype(dtype).kind == "f" else np.iinfo(dtype).max,
+                         dtype)
+        if isinstance(out, np.ndarray):
+            out[...] = poison
+        else:                                   # a device array
+            out.copy_to_device(poison)
         return out
     monkeypatch.setattr(functional, "_alloc", alloc)
 

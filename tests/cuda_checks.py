@@ -2,8 +2,9 @@
 
 Not collected by a plain ``pytest`` run (the file name does not start with
 ``test_``): ``tests/test_cuda.py`` runs it in a subprocess under numba's CUDA
-simulator with 4 threads per block, so that every array crosses block
-boundaries; ``bench/gpu_check.sh`` runs it on a real GPU.
+simulator with 4 threads per block and 8x8 implicit-GEMM tiles, so that every
+array crosses block and tile boundaries; ``bench/gpu_check.sh`` runs it on a
+real GPU.
 """
 
 import numpy as np
@@ -35,18 +36,45 @@ def _close(ours, ref, dtype):
         assert rel_err(a, b) <= TOLERANCE[dtype, "direct"]
 
 
+@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
 @pytest.mark.parametrize("config", conv_configs(14, seed=31, max_channels=4, max_size=8),
                          ids=config_id)
-def test_conv2d_forward_and_gradients(config):
+def test_conv2d_forward_and_gradients(config, algorithm):
     rng = np.random.default_rng(0)
     dtype = config["dtype"]
     x = rng.standard_normal(config["x_shape"]).astype(dtype)
     w = rng.standard_normal(config["w_shape"]).astype(dtype)
     b = rng.standard_normal(config["w_shape"][0]).astype(dtype) if config["bias"] else None
-    y, y_ref = _pair(fc.conv2d, x, w, b, **config["kwargs"])
+    kwargs = dict(config["kwargs"], algorithm=algorithm)
+    y, y_ref = _pair(fc.conv2d, x, w, b, **kwargs)
     _close(y, y_ref, dtype)
     dy = rng.standard_normal(y.shape).astype(dtype)
-    _close(*_pair(fc.conv2d_backward, dy, x, w, **config["kwargs"]), dtype)
+    _close(*_pair(fc.conv2d_backward, dy, x, w, **kwargs), dtype)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_implicit_gemm_splits_long_reductions_and_adds_them_in_a_fixed_order(groups,
+                                                                           monkeypatch):
+    """Few output tiles and a long reduction: every product is split over blocks and
+    the partial sums added in order."""
+    from fastconv import _cuda_kernels
+
+    monkeypatch.setenv("FASTCONV_CUDA_TILE", "8,8,4,2,2")
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 8, 4, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 8 // groups, 3, 3)).astype(np.float32)
+    bm, bn, bk = _cuda_kernels.tile_shape()[:3]
+    tiles = -(-4 * 4 // bn) * -(-4 // groups // bm) * groups
+    assert 8 // groups * 9 // bk >= 8 and tiles <= 4, "the shape must need a split"
+    kwargs = dict(padding=1, groups=groups, algorithm="im2col")
+    y, y_ref = _pair(fc.conv2d, x, w, **kwargs)
+    _close(y, y_ref, np.float32)
+    assert np.array_equal(fc.conv2d(x, w, **kwargs, backend="cuda"), y)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    grads = fc.conv2d_backward(dy, x, w, **kwargs, backend="cuda")
+    _close(grads, _pair(fc.conv2d_backward, dy, x, w, **kwargs)[1], np.float32)
+    for a, b in zip(grads, fc.conv2d_backward(dy, x, w, **kwargs, backend="cuda")):
+        assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("config", conv_transpose_configs(6, seed=32, max_channels=4,
@@ -131,3 +159,160 @@ def test_a_network_runs_on_the_gpu_backend_end_to_end():
         assert rel_err(model(x), expected) <= 1e-5
     finally:
         fc.set_backend(previous)
+
+
+# ---------------------------------------------------------------------------
+# Device arrays: results stay on the device
+# ---------------------------------------------------------------------------
+
+def _device(a):
+    from numba import cuda
+
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def _host(a):
+    assert fc.backends.is_device_array(a), type(a)
+    return a.copy_to_host()
+
+
+def test_functional_ops_keep_device_arrays_on_the_device():
+    import fastconv.functional as F
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 4, 7, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    dx, dw, db = _device(x), _device(w), _device(b)
+    for algorithm in ("direct", "im2col"):
+        kw = dict(stride=(1, 2), padding=1, groups=2, algorithm=algorithm)
+        y = fc.conv2d(dx, dw, db, **kw)
+        _close(_host(y), fc.conv2d(x, w, b, **kw, backend="numpy"), np.float32)
+        grads = fc.conv2d_backward(y, dx, dw, **kw)
+        expected = fc.conv2d_backward(_host(y), x, w, **kw, backend="numpy")
+        _close(tuple(_host(g) for g in grads), expected, np.float32)
+    _close(_host(fc.convolve2d(dx, dw, groups=2)), fc.convolve2d(x, w, groups=2,
+                                                                 backend="numpy"), np.float32)
+    wt = rng.standard_normal((4, 3, 4, 4)).astype(np.float32)
+    bt = rng.standard_normal(3).astype(np.float32)
+    _close(_host(fc.conv_transpose2d(dx, _device(wt), _device(bt), stride=2, padding=1)),
+           fc.conv_transpose2d(x, wt, bt, stride=2, padding=1, backend="numpy"), np.float32)
+    y, idx = fc.max_pool2d(dx, 3, 2, 1, return_indices=True)
+    y_ref, idx_ref = fc.max_pool2d(x, 3, 2, 1, return_indices=True, backend="numpy")
+    assert np.array_equal(_host(y), y_ref) and np.array_equal(_host(idx), idx_ref)
+    assert np.array_equal(_host(fc.max_pool2d(dx, 2)), fc.max_pool2d(x, 2, backend="numpy"))
+    _close(_host(fc.max_pool2d_backward(_device(y_ref), dx, 3, 2, 1)),
+           fc.max_pool2d_backward(y_ref, x, 3, 2, 1, backend="numpy"), np.float32)
+    _close(_host(fc.avg_pool2d(dx, 3, 2, 1)), fc.avg_pool2d(x, 3, 2, 1, backend="numpy"),
+           np.float32)
+    _close(_host(fc.adaptive_avg_pool2d(dx, (2, 3))),
+           fc.adaptive_avg_pool2d(x, (2, 3), backend="numpy"), np.float32)
+    scale, shift = rng.standard_normal(4), rng.standard_normal(4)
+    _close(_host(F.channel_affine(dx, scale, shift, relu=True)),
+           F.channel_affine(x, scale, shift, relu=True, backend="numpy"), np.float32)
+    stats = [rng.standard_normal(4).astype(np.float32) for _ in range(4)]
+    stats[1] = np.abs(stats[1])
+    _close(_host(F.batch_norm_inference(dx, *(_device(v) for v in stats), 1e-3, relu=True)),
+           F.batch_norm_inference(x, *stats, 1e-3, relu=True, backend="numpy"), np.float32)
+    _close(_host(F.relu(dx)), np.maximum(x, 0), np.float32)
+    x2 = rng.standard_normal(x.shape).astype(np.float32)
+    _close(_host(F.add(dx, _device(x2), dx, relu=True)), np.maximum(x + x + x2, 0), np.float32)
+    assert np.array_equal(_host(dx), x), "add wrote over its input"
+    joined = F.concat([dx, _device(x2[:, :3]), dx])
+    assert np.array_equal(_host(joined), np.concatenate([x, x2[:, :3], x], axis=1))
+    a, wl = rng.standard_normal((3, 7)).astype(np.float32), rng.standard_normal((5, 7))
+    _close(_host(F.linear(_device(a), _device(wl.astype(np.float32)))), a @ wl.T, np.float32)
+
+
+def test_device_arrays_are_refused_by_host_backends_and_kept_apart_from_host_arrays():
+    import fastconv.functional as F
+
+    x = _device(np.ones((1, 2, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="device arrays.*backend 'numpy'"):
+        fc.conv2d(x, np.ones((1, 2, 3, 3), np.float32), backend="numpy")
+    with pytest.raises(ValueError, match="input 1 must be a device array"):
+        F.add(x, np.ones((1, 2, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="out must be a writeable C-contiguous float32 device"):
+        F.relu(x, out=np.empty((1, 2, 4, 4), np.float32))
+    # a host x with device weights: the result lives where x does
+    y = fc.conv2d(np.ones((1, 2, 4, 4), np.float32), _device(np.ones((1, 2, 3, 3), np.float32)))
+    assert isinstance(y, np.ndarray) and np.all(y == 18)
+
+
+def _small_network():
+    """Every layer kind of the backbones, on few channels and pixels."""
+    from fastconv import nn
+    from fastconv.models._common import TransformInput
+
+    x = fc.Input((3, 9, 9))
+    t = TransformInput()(x)
+    a = nn.ReLU()(nn.BatchNorm2d(6)(nn.Conv2d(3, 6, 3, padding=1, bias=False)(t)))
+    b = nn.Conv2d(3, 6, 1)(t)
+    s = nn.ReLU()(nn.Add()(a, b))
+    j = nn.Concat()(nn.MaxPool2d(3, 2, ceil_mode=True)(s), nn.AvgPool2d(3, 2)(s))
+    r = nn.ReLU()(nn.Conv2d(12, 5, 3, stride=2, padding=1, groups=1)(j))
+    f = nn.Flatten()(nn.AdaptiveAvgPool2d((2, 2))(r))
+    out = nn.Linear(20, 4)(nn.Dropout(0.3)(f))
+    model = fc.Graph(x, out)
+    for layer in model.modules():
+        if isinstance(layer, nn.BatchNorm2d):
+            rng = np.random.default_rng(10)
+            layer.running_mean[...] = rng.standard_normal(6)
+            layer.running_var[...] = rng.uniform(0.5, 2, 6)
+    return model.eval()
+
+
+def test_a_model_on_the_device_keeps_its_activations_there():
+    from fastconv import nn
+
+    model = _small_network()
+    x = np.random.default_rng(11).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    expected = model(x)
+    state = model.state_dict()
+    assert model.to("cuda") is model
+    assert all(fc.backends.is_device_array(p.data) for p in model.parameters())
+    y = model(x)                                    # a NumPy input is copied over
+    assert rel_err(_host(y), expected) <= 1e-5
+    assert rel_err(_host(model(_device(x))), expected) <= 1e-5
+    for key, value in model.state_dict().items():   # host copies, unchanged
+        assert isinstance(value, np.ndarray) and np.array_equal(value, state[key])
+    model.load_state_dict(state)
+    assert all(fc.backends.is_device_array(p.data) for p in model.parameters())
+    with pytest.raises(RuntimeError, match="inference only.*eval"):
+        model.train()(x)
+    model.eval()
+    with pytest.raises(RuntimeError, match="inference only"):
+        model.backward(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError, match="Tanh cannot run on the GPU"):
+        nn.Sequential(nn.Conv2d(1, 1, 1), nn.Tanh()).to("cuda")
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'gpu'"):
+        model.to("gpu")
+    model.to("cpu")
+    assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
+    assert np.array_equal(model(x), expected)
+
+
+def test_output_memory_is_reused_once_its_array_is_gone():
+    import gc
+
+    import numba
+
+    from fastconv import _cuda_kernels
+
+    rng = np.random.default_rng(12)
+    x = _device(rng.standard_normal((1, 3, 6, 6)).astype(np.float32))
+    w = _device(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    expected = fc.conv2d(x.copy_to_host(), w.copy_to_host(), backend="numpy")
+    y = fc.conv2d(x, w)
+    if numba.config.ENABLE_CUDASIM:         # the simulator keeps no pool
+        assert type(y) is type(_cuda_kernels.cuda.device_array(1))
+        return
+    address = y.device_ctypes_pointer.value
+    del y
+    gc.collect()
+    y = fc.conv2d(x, w)
+    assert y.device_ctypes_pointer.value == address
+    _close(_host(y), expected, np.float32)
+    kept = fc.conv2d(x, w)                  # a live array's block is not handed out
+    assert kept.device_ctypes_pointer.value != y.device_ctypes_pointer.value
+    _close(_host(kept), expected, np.float32)

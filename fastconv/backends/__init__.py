@@ -12,6 +12,8 @@ import importlib
 import os
 from contextlib import contextmanager
 
+import numpy as np
+
 _MODULES = {
     "numpy": "fastconv.backends.reference",
     "cython": "fastconv.backends.cython",
@@ -47,6 +49,26 @@ def _load(name):
             if _num_threads is not None:
                 set_num_threads(_num_threads)
     return _loaded.get(name)
+
+
+_DEVICE_ARRAY_TYPES = set()
+
+
+def is_device_array(a):
+    """Whether ``a`` lives in GPU memory: a numba device array, or anything else with
+    ``__cuda_array_interface__`` (a CUDA tensor of PyTorch or CuPy)."""
+    kind = type(a)
+    if kind is np.ndarray:
+        return False
+    if kind in _DEVICE_ARRAY_TYPES:
+        return True
+    # numba's arrays (numba's CUDA simulator's have no interface) are remembered by
+    # type: their interface is a property that builds a dict on every access; a
+    # tensor's type may also hold host data
+    if hasattr(a, "copy_to_host"):
+        _DEVICE_ARRAY_TYPES.add(kind)
+        return True
+    return hasattr(a, "__cuda_array_interface__")
 
 
 def available_backends():

@@ -5,8 +5,10 @@ It imports only where ``numba.cuda`` finds a GPU (or runs its simulator,
 ``fc.available_backends()`` lists it only there and ``backend="cuda"``
 elsewhere is a ``RuntimeError`` that says why. It is never the default: ask
 for it with ``backend="cuda"`` or ``fc.set_backend("cuda")``. The kernels take
-NumPy arrays and copy them to and from the device on each call. The
-convolution algorithm is ``direct``.
+NumPy arrays, copied to and from the device on each call, and device
+arrays, which stay there (``Layer.to("cuda")`` keeps a model's activations on
+the device). Convolutions run as implicit GEMM (``im2col``, shared-memory
+tiles) or ``direct``.
 """
 
 from numba import cuda
@@ -18,6 +20,9 @@ from .. import _cuda_kernels as _kernels  # noqa: E402
 
 im2col = _kernels.im2col
 col2im = _kernels.col2im
+conv2d_fwd_im2col = _kernels.conv2d_fwd_im2col
+conv2d_bwd_data_im2col = _kernels.conv2d_bwd_data_im2col
+conv2d_bwd_weight_im2col = _kernels.conv2d_bwd_weight_im2col
 conv2d_fwd_direct = _kernels.conv2d_fwd_direct
 conv2d_bwd_data_direct = _kernels.conv2d_bwd_data_direct
 conv2d_bwd_weight_direct = _kernels.conv2d_bwd_weight_direct
@@ -30,3 +35,13 @@ adaptive_avgpool2d_fwd = _kernels.adaptive_avgpool2d_fwd
 adaptive_avgpool2d_bwd = _kernels.adaptive_avgpool2d_bwd
 channel_affine = _kernels.channel_affine
 linear_fwd = _kernels.linear_fwd
+channel_sum = _kernels.channel_sum
+batchnorm_inference = _kernels.batchnorm_inference
+add = _kernels.add
+relu = _kernels.relu
+concat_channels = _kernels.concat_channels
+empty = _kernels.empty
+contiguous = _kernels.contiguous
+to_device = _kernels.to_device
+zeros = _kernels.zeros
+free_cached_memory = _kernels.free_cached_memory

@@ -4,6 +4,7 @@ the initialisations torchvision uses."""
 
 import numpy as np
 
+from .. import functional as F
 from .. import nn
 from ..graph import Graph
 
@@ -28,13 +29,15 @@ class TransformInput(nn.Layer):
     GoogLeNet and Inception v3 weights were trained on (torchvision's ``transform_input``):
     ``x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5`` per RGB channel."""
 
+    runs_on_gpu = True
+
     MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
     def _forward(self, ctx, x):
         scale = (self.STD / 0.5).astype(x.dtype)[:, None, None]
         shift = ((self.MEAN - 0.5) / 0.5).astype(x.dtype)[:, None, None]
         ctx.scale = scale
-        return x * scale + shift
+        return F.channel_affine(x, scale[:, 0, 0], shift[:, 0, 0])
 
     def _backward(self, ctx, grad_out):
         return grad_out * ctx.scale

@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import expit
 
 from .. import functional as F
-from ..backends import single_threaded_blas
+from ..backends import is_device_array, single_threaded_blas
 from .module import Layer, Parameter
 
 _rng = np.random.default_rng()
@@ -33,6 +33,8 @@ def _accumulate(param, grad):
 class Conv2d(Layer):
     """2-D convolution (cross-correlation) with ``weight`` (C_out, C_in/groups, kH, kW)
     and ``bias`` (C_out,). Initialised as PyTorch does: uniform in +-1/sqrt(fan_in)."""
+
+    runs_on_gpu = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, *, algorithm="auto", backend=None,
@@ -86,6 +88,8 @@ class Linear(Layer):
     took 0.9-1.1 s that way and 0.19 s with single-threaded products.
     """
 
+    runs_on_gpu = True
+
     def __init__(self, in_features, out_features, bias=True, *, dtype=np.float32):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
@@ -94,9 +98,11 @@ class Linear(Layer):
         self.bias = Parameter(_uniform(bound, (out_features,), dtype)) if bias else None
 
     def _forward(self, ctx, x):
-        x = np.asarray(x)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Linear: x has {x.shape[-1]} features in its last axis, "
+        if not is_device_array(x):
+            x = np.asarray(x)
+        features = tuple(x.shape)[-1]           # numba's simulator's shapes index from 0 only
+        if features != self.in_features:
+            raise ValueError(f"Linear: x has {features} features in its last axis, "
                              f"expected in_features={self.in_features}")
         if not ctx.inference:
             ctx.x = x
@@ -119,9 +125,11 @@ class Linear(Layer):
 class ReLU(Layer):
     """max(x, 0); NaN stays NaN, as in PyTorch."""
 
+    runs_on_gpu = True
+
     def _forward(self, ctx, x):
         if ctx.inference:
-            return np.maximum(x, 0, out=x if ctx.overwrite else None)
+            return F.relu(x, out=x if ctx.overwrite else None)
         ctx.positive = x > 0
         return np.maximum(x, 0)
 
@@ -165,6 +173,8 @@ class Softmax(Layer):
 
 
 class MaxPool2d(Layer):
+    runs_on_gpu = True
+
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                  backend=None):
         super().__init__()
@@ -184,6 +194,8 @@ class MaxPool2d(Layer):
 
 
 class AvgPool2d(Layer):
+    runs_on_gpu = True
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
                  count_include_pad=True, divisor_override=None, *, backend=None):
         super().__init__()
@@ -201,6 +213,8 @@ class AvgPool2d(Layer):
 
 
 class AdaptiveAvgPool2d(Layer):
+    runs_on_gpu = True
+
     def __init__(self, output_size, *, backend=None):
         super().__init__()
         self.output_size, self.backend = output_size, backend
@@ -217,6 +231,8 @@ class AdaptiveAvgPool2d(Layer):
 class Flatten(Layer):
     """Merge axes ``start_dim`` .. ``end_dim`` into one."""
 
+    runs_on_gpu = True
+
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
@@ -232,6 +248,8 @@ class Flatten(Layer):
 
 
 class Identity(Layer):
+    runs_on_gpu = True
+
     def _forward(self, ctx, x):
         return x
 
@@ -241,6 +259,8 @@ class Identity(Layer):
 
 class Dropout(Layer):
     """Zero each element with probability ``p`` in training, scaling the rest by 1/(1-p)."""
+
+    runs_on_gpu = True
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -267,6 +287,8 @@ def fuses_relu(layer, after):
 class Sequential(Layer):
     """Layers run one after another; children are named "0", "1", ... (or by the keys
     of an OrderedDict), as in PyTorch, so state-dict keys match."""
+
+    runs_on_gpu = True
 
     def __init__(self, *layers):
         super().__init__()
@@ -300,7 +322,8 @@ class Sequential(Layer):
             step = type(ctx)()
             if ctx.steps is None:
                 step.inference = True
-                step.overwrite = x.flags.writeable and not np.may_share_memory(x, caller)
+                step.overwrite = not is_device_array(x) and x.flags.writeable \
+                    and not np.may_share_memory(x, caller)
                 step.relu = fused = fuses_relu(layer, after)
             x = layer._forward(step, x)
             if ctx.steps is not None:
@@ -320,6 +343,8 @@ class Sequential(Layer):
 
 class ConvTranspose2d(Layer):
     """Transposed convolution with ``weight`` (C_in, C_out/groups, kH, kW), as in PyTorch."""
+
+    runs_on_gpu = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, *, backend=None,
@@ -354,6 +379,8 @@ class BatchNorm2d(Layer):
     """Batch normalisation over (N, H, W) per channel, as in PyTorch: training uses the
     batch's statistics and updates ``running_mean``/``running_var`` with ``momentum``
     (the running variance unbiased); eval mode uses the running statistics."""
+
+    runs_on_gpu = True
 
     @property
     def fuses_relu(self):
@@ -399,16 +426,12 @@ class BatchNorm2d(Layer):
         return (xhat * self.weight.data[:, None, None] + self.bias.data[:, None, None]).astype(x.dtype)
 
     def _affine(self, x, mean, var, overwrite, relu):
-        """Inference with the running statistics as one scale and shift per channel,
-        ``y = x * scale + shift`` (then a fused ReLU if asked), written over ``x``
-        when that is allowed."""
-        scale = 1 / np.sqrt(var.astype(np.float64) + self.eps)
-        if self.weight is not None:
-            scale *= self.weight.data
-        shift = -mean * scale
-        if self.bias is not None:
-            shift += self.bias.data
-        return F.channel_affine(x, scale, shift, relu=relu, out=x if overwrite else None)
+        """Inference with the running statistics, one scale and shift per channel (then
+        a fused ReLU if asked), written over ``x`` when that is allowed."""
+        return F.batch_norm_inference(
+            x, mean, var, None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data, self.eps, relu=relu,
+            out=x if overwrite else None)
 
     def _backward(self, ctx, grad_out):
         xhat, inv = ctx.xhat, ctx.inv
@@ -459,9 +482,11 @@ class LocalResponseNorm(Layer):
 class Concat(Layer):
     """Join inputs along the channel axis (a graph join, as in Inception)."""
 
+    runs_on_gpu = True
+
     def _forward(self, ctx, *inputs):
         ctx.splits = np.cumsum([a.shape[1] for a in inputs])[:-1]
-        return np.concatenate(inputs, axis=1)
+        return F.concat(inputs)
 
     def _backward(self, ctx, grad_out):
         return tuple(np.split(grad_out, ctx.splits, axis=1))
@@ -470,18 +495,16 @@ class Concat(Layer):
 class Add(Layer):
     """Sum of the inputs (a residual join, as in ResNet)."""
 
+    runs_on_gpu = True
+
     fuses_relu = True
 
     def _forward(self, ctx, *inputs):
         ctx.n = len(inputs)
-        out = inputs[0]
-        inplace = ctx.overwrite and np.result_type(*inputs) == out.dtype \
-            and np.broadcast_shapes(*(a.shape for a in inputs)) == out.shape
-        for a in inputs[1:]:
-            out = np.add(out, a, out=out if inplace else None)
-        if ctx.relu:                # over out only if it is not an input kept by someone else
-            return np.maximum(out, 0, out=out if inplace or out is not inputs[0] else None)
-        return out
+        first = inputs[0]
+        inplace = ctx.overwrite and np.result_type(*inputs) == first.dtype \
+            and np.broadcast_shapes(*(a.shape for a in inputs)) == first.shape
+        return F.add(*inputs, relu=ctx.relu, out=first if inplace else None)
 
     def _backward(self, ctx, grad_out):
         return (grad_out,) * ctx.n

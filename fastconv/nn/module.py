@@ -10,6 +10,8 @@ weights load without a mapping table.
 
 import numpy as np
 
+from ..backends import get_backend, is_device_array
+
 
 class Parameter:
     """A trainable array and its gradient (``None`` until a backward pass)."""
@@ -46,8 +48,15 @@ class Context:
     needs_input_grad = True
 
 
+def _host_copy(a):
+    return a.copy_to_host() if is_device_array(a) else np.array(a, copy=True)
+
+
 class Layer:
     """Base class of every layer: parameters, buffers and children in attribute order."""
+
+    runs_on_gpu = False
+    """Whether the layer's inference runs on device arrays (see :meth:`to`)."""
 
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
@@ -55,6 +64,7 @@ class Layer:
         object.__setattr__(self, "_children", {})
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_last_ctx", None)
+        object.__setattr__(self, "device", "cpu")
 
     def __setattr__(self, name, value):
         for table in (self._parameters, self._buffers, self._children):
@@ -90,6 +100,14 @@ class Layer:
         # a model (a layer with children) called in eval mode runs for inference;
         # the mode of the outermost call decides, for every layer below it
         ctx.inference = not self.training and bool(self._children)
+        if self.device == "cuda":
+            if self.training:
+                raise RuntimeError(
+                    f"{type(self).__name__}: layers on the GPU run inference only; call "
+                    f".eval() first (training runs on the host: .to('cpu'))")
+            ctx.inference = True
+            cuda = get_backend("cuda")
+            inputs = tuple(a if is_device_array(a) else cuda.to_device(a) for a in inputs)
         out = self._forward(ctx, *inputs)
         object.__setattr__(self, "_last_ctx", ctx)
         return out
@@ -105,6 +123,9 @@ class Layer:
         """
         if self._last_ctx is None:
             raise RuntimeError(f"{type(self).__name__}.backward: call forward first")
+        if self.device == "cuda":
+            raise RuntimeError(f"{type(self).__name__}.backward: layers on the GPU run "
+                               f"inference only; training runs on the host (.to('cpu'))")
         self._last_ctx.needs_input_grad = bool(input_grad)
         grad = self._backward(self._last_ctx, grad_out)
         return grad if input_grad else None
@@ -149,8 +170,43 @@ class Layer:
     def eval(self):
         return self.train(False)
 
+    def to(self, device):
+        """Move parameters and buffers to ``"cuda"`` (numba device arrays) or back to
+        ``"cpu"`` (NumPy arrays), in place, as ``torch.nn.Module.to``; returns self.
+
+        On the GPU a layer runs inference, in eval mode: the activations stay on
+        the device from layer to layer, NumPy inputs are copied there first and the
+        result is a device array (``.copy_to_host()`` brings it back). Training
+        runs on the host. Integer buffers (``num_batches_tracked``) stay on the host.
+        """
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"to: device must be 'cpu' or 'cuda', got {device!r}")
+        layers = self.modules()
+        if device == "cuda":
+            cuda = get_backend("cuda")          # says why where there is no GPU
+            unsupported = sorted({type(layer).__name__ for layer in layers
+                                  if not layer.runs_on_gpu})
+            if unsupported:
+                raise ValueError(f"to: {', '.join(unsupported)} cannot run on the GPU; the "
+                                 f"model stays on the host")
+            move = (lambda a: a if is_device_array(a) else cuda.to_device(a))
+        else:
+            move = (lambda a: a.copy_to_host() if is_device_array(a) else a)
+        for layer in layers:
+            for p in layer._parameters.values():
+                p.data, p.grad = move(p.data), None
+            for name in layer._buffers:
+                value = getattr(layer, name)
+                if value.dtype.kind == "f":
+                    object.__setattr__(layer, name, move(value))
+            object.__setattr__(layer, "device", device)
+        return self
+
     def astype(self, dtype):
         """Convert parameters and buffers in place (like PyTorch's ``.double()``)."""
+        if self.device != "cpu":
+            raise RuntimeError("astype: the layer is on the GPU; convert it on the host "
+                               "(.to('cpu'))")
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"astype: dtype must be float32 or float64, got {dtype}")
@@ -164,13 +220,14 @@ class Layer:
         return self
 
     def state_dict(self):
-        """Parameters and buffers by dotted name (copies), layer by layer in PyTorch's order."""
+        """Parameters and buffers by dotted name, layer by layer in PyTorch's order: NumPy
+        copies, also of a layer on the GPU."""
         state = {}
         for prefix, layer in self._named_layers(""):
             for name, p in layer._parameters.items():
-                state[prefix + name] = p.data.copy()
+                state[prefix + name] = _host_copy(p.data)
             for name in layer._buffers:
-                state[prefix + name] = np.array(getattr(layer, name), copy=True)
+                state[prefix + name] = _host_copy(getattr(layer, name))
         return state
 
     def load_state_dict(self, mapping, strict=True):
@@ -195,7 +252,9 @@ class Layer:
             if value.shape != np.shape(current):
                 mismatched.append(f"{key}: expected {np.shape(current)}, got {value.shape}")
             else:
-                staged[key] = value.astype(np.asarray(current).dtype, copy=True)
+                staged[key] = value.astype(current.dtype, copy=True)
+                if is_device_array(current):
+                    staged[key] = get_backend("cuda").to_device(staged[key])
         if mismatched:
             raise ValueError("load_state_dict: shape mismatch for " + "; ".join(mismatched))
         for key, value in staged.items():
