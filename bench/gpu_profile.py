@@ -42,13 +42,16 @@ def _per_call(fn, calls):
 def primitives(calls):
     small = np.zeros(512, np.float32)
     arrays = [cuda.to_device(small) for _ in range(6)]
-    print(f"device_array(512 floats)      {_per_call(lambda: cuda.device_array(512, np.float32), calls):8.1f} us")
-    print(f"device_array(1M floats)       {_per_call(lambda: cuda.device_array(1 << 20, np.float32), calls):8.1f} us")
-    print(f"to_device(512 floats)         {_per_call(lambda: cuda.to_device(small), calls):8.1f} us")
-    print(f"launch, 5 arrays              {_per_call(lambda: _touch[1, 32](*arrays[:5]), calls):8.1f} us")
-    print(f"launch, 6 arrays + 12 ints    "
-          f"{_per_call(lambda: _touch_many[1, 32](*arrays, *range(12)), calls):8.1f} us")
-    print(f"reshape of a device array     {_per_call(lambda: arrays[0].reshape(512), calls):8.1f} us")
+    timings = [
+        ("device_array(512 floats)", lambda: cuda.device_array(512, np.float32)),
+        ("device_array(1M floats)", lambda: cuda.device_array(1 << 20, np.float32)),
+        ("to_device(512 floats)", lambda: cuda.to_device(small)),
+        ("launch, 5 arrays", lambda: _touch[1, 32](*arrays[:5])),
+        ("launch, 6 arrays + 12 ints", lambda: _touch_many[1, 32](*arrays, *range(12))),
+        ("reshape of a device array", lambda: arrays[0].reshape(512)),
+    ]
+    for name, fn in timings:
+        print(f"{name:<30}{_per_call(fn, calls):8.1f} us")
 
 
 def convolutions(calls):

@@ -80,7 +80,16 @@ def _workspace(size, dtype):
     key = np.dtype(dtype)
     if key not in _WORKSPACE or _WORKSPACE[key].size < size:
         _WORKSPACE[key] = cuda.device_array(size, key)
-    return _WORKSPACE[key][:size]
+    return _WORKSPACE[key]
+
+
+def _counters(size):
+    """At least ``size`` int32 zeros on the device, kept for later calls: the split
+    reductions' counts, which their last block sets back to zero."""
+    key = "counters"
+    if key not in _WORKSPACE or _WORKSPACE[key].size < size:
+        _WORKSPACE[key] = cuda.to_device(np.zeros(size, np.int32))
+    return _WORKSPACE[key]
 
 
 def _launch(kernel, n_items, inputs, outputs, *scalars):
@@ -213,8 +222,10 @@ def conv2d_bwd_weight_direct(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups,
 #
 # With few tiles (batch-1 layers deep in a network, the weight gradient's small
 # C) the reduction is split over ``splits`` blocks per tile so that the GPU is
-# filled: each writes its partial sums to a buffer, and ``_sum_splits`` adds
-# them in split order, so the result never depends on scheduling.
+# filled: each writes its partial sums to a buffer and counts itself in
+# ``counters``; the block that counts last adds the partial sums in split
+# order, so the result never depends on scheduling, and no second kernel (a
+# launch costs the host as much as the kernel takes the GPU) is needed.
 
 
 def _make_tiled(dtype, bm, bn, bk, tm, tn):
@@ -224,7 +235,25 @@ def _make_tiled(dtype, bm, bn, bk, tm, tn):
     a_loads, b_loads = bm * bk // threads, bk * bn // threads
 
     @cuda.jit(device=True)
+    def start(acc, groups):
+        """Zero the accumulators; (tid, ty, tx, group, split, m0, p0) of this thread."""
+        for a in range(tm):
+            for b in range(tn):
+                acc[a, b] = 0
+        tid = cuda.threadIdx.x
+        z = cuda.blockIdx.z
+        return (tid, tid // rn, tid % rn, z % groups, z // groups, cuda.blockIdx.y * bm,
+                cuda.blockIdx.x * bn)
+
+    @cuda.jit(device=True)
+    def smaller(a, b):
+        """min(a, b), which numba 0.68's own CUDA target fails to compile for two ints."""
+        return a if a < b else b
+
+    @cuda.jit(device=True)
     def multiply(a_s, b_s, acc, ty, tx):
+        """acc += the products of the staged tiles, once every thread has staged its part."""
+        cuda.syncthreads()
         ra = cuda.local.array(tm, dtype)
         rb = cuda.local.array(tn, dtype)
         for kk in range(bk):
@@ -235,38 +264,57 @@ def _make_tiled(dtype, bm, bn, bk, tm, tn):
             for a in range(tm):
                 for b in range(tn):
                     acc[a, b] += ra[a] * rb[b]
+        cuda.syncthreads()
 
     @cuda.jit(device=True)
-    def store(acc, bias, out, partial, ty, tx, m0, p0, mg, p_total, plane, g, groups, split,
-              splits):
-        """C[m, p] of group g, with p = n*plane + s, goes to out[n, g*mg + m, s] (+ bias),
-        or to the partial sums of its split."""
-        for a in range(tm):
-            m = m0 + ty + a * rm
-            if m < mg:
+    def store(acc, bias, out, partial, counters, ty, tx, m0, p0, mg, p_total, plane, g, groups,
+              split, splits):
+        """C[m, p] of group g, with p = n*plane + s, goes to out[n, g*mg + m, s] (+ bias);
+        with split reductions through the partial sums of every split."""
+        if splits > 1:
+            for a in range(tm):
                 for b in range(tn):
-                    p = p0 + tx + b * rn
-                    if p < p_total:
-                        if splits == 1:
-                            out[(p // plane * groups + g) * mg * plane + m * plane
-                                + p % plane] = acc[a, b] + bias[g * mg + m]
-                        else:
-                            partial[((split * groups + g) * mg + m) * p_total + p] = acc[a, b]
+                    m, p = m0 + ty + a * rm, p0 + tx + b * rn
+                    if m < mg and p < p_total:
+                        partial[((split * groups + g) * mg + m) * p_total + p] = acc[a, b]
+            # the writes reach every block before the count does
+            cuda.threadfence()
+            cuda.syncthreads()
+            last = cuda.shared.array(1, numba.int32)
+            tile = (g * cuda.gridDim.y + cuda.blockIdx.y) * cuda.gridDim.x + cuda.blockIdx.x
+            if cuda.threadIdx.x == 0:
+                last[0] = cuda.atomic.add(counters, tile, 1) == splits - 1
+            cuda.syncthreads()
+            if not last[0]:
+                return
+            if cuda.threadIdx.x == 0:
+                counters[tile] = 0          # ready for the next launch
+            stride = groups * mg * p_total
+            for a in range(tm):
+                for b in range(tn):
+                    m, p = m0 + ty + a * rm, p0 + tx + b * rn
+                    if m < mg and p < p_total:
+                        at = (g * mg + m) * p_total + p
+                        total = partial[at]
+                        for s in range(1, splits):
+                            total += partial[s * stride + at]
+                        acc[a, b] = total
+        for a in range(tm):
+            for b in range(tn):
+                m, p = m0 + ty + a * rm, p0 + tx + b * rn
+                if m < mg and p < p_total:
+                    out[(p // plane * groups + g) * mg * plane + m * plane + p % plane] = \
+                        acc[a, b] + bias[g * mg + m]
 
     @cuda.jit
-    def fwd(x, w2, window, bias, out, partial, oh_, ow_, sh, sw, pt, pl, groups, splits, chunk):
+    def fwd(x, w2, window, bias, out, partial, counters, oh_, ow_, sh, sw, pt, pl, groups,
+            splits, chunk):
         """y[n, k] = b[k] + sum_r w[k, r] cols[r, (n, oh, ow)], r = (c, i, j): m = k of the
         group, p = (n, oh, ow)."""
         a_s = cuda.shared.array((bk, bm), dtype)
         b_s = cuda.shared.array((bk, bn), dtype)
         acc = cuda.local.array((tm, tn), dtype)
-        for a in range(tm):
-            for b in range(tn):
-                acc[a, b] = 0
-        tid = cuda.threadIdx.x
-        ty, tx = tid // rn, tid % rn
-        g, split = cuda.blockIdx.z % groups, cuda.blockIdx.z // groups
-        m0, p0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
+        tid, ty, tx, g, split, m0, p0 = start(acc, groups)
         n_, c_, h_, w_ = x.shape
         mg, r_total = w2.shape[0] // groups, w2.shape[1]
         plane = oh_ * ow_
@@ -278,9 +326,7 @@ def _make_tiled(dtype, bm, bn, bk, tm, tn):
         n = p // plane
         ih0 = p % plane // ow_ * sh - pt
         iw0 = p % plane % ow_ * sw - pl
-        r_end = (split + 1) * chunk
-        if r_end > r_total:
-            r_end = r_total
+        r_end = smaller(split * chunk + chunk, r_total)
         for r0 in range(split * chunk, r_end, bk):
             for load in range(a_loads):
                 e = tid + load * threads
@@ -296,28 +342,20 @@ def _make_tiled(dtype, bm, bn, bk, tm, tn):
                     if 0 <= ih < h_ and 0 <= iw < w_:
                         val = x[n, c0 + window[0, r], ih, iw]
                 b_s[kk, pp] = val
-            cuda.syncthreads()
             multiply(a_s, b_s, acc, ty, tx)
-            cuda.syncthreads()
-        store(acc, bias, out, partial, ty, tx, m0, p0, mg, p_total, plane, g, groups, split,
-              splits)
+        store(acc, bias, out, partial, counters, ty, tx, m0, p0, mg, p_total, plane, g, groups,
+              split, splits)
 
     @cuda.jit
-    def bwd_data(dy, w3, window, bias, out, partial, h_, w_, sh, sw, pt, pl, groups, splits,
-                 chunk):
+    def bwd_data(dy, w3, window, bias, out, partial, counters, h_, w_, sh, sw, pt, pl, groups,
+                 splits, chunk):
         """dx[n, c] = sum_r w[k, c, i, j] dy[n, k, oh, ow] over the windows that read
         pixel (h, v) (oh*sh - pt + i*dh = h, likewise v), r = (k, i, j): m = c of the
         group, p = (n, h, v)."""
         a_s = cuda.shared.array((bk, bm), dtype)
         b_s = cuda.shared.array((bk, bn), dtype)
         acc = cuda.local.array((tm, tn), dtype)
-        for a in range(tm):
-            for b in range(tn):
-                acc[a, b] = 0
-        tid = cuda.threadIdx.x
-        ty, tx = tid // rn, tid % rn
-        g, split = cuda.blockIdx.z % groups, cuda.blockIdx.z // groups
-        m0, p0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
+        tid, ty, tx, g, split, m0, p0 = start(acc, groups)
         n_, k_, oh_, ow_ = dy.shape
         mg = w3.shape[1]
         kg = k_ // groups
@@ -329,9 +367,7 @@ def _make_tiled(dtype, bm, bn, bk, tm, tn):
         n = p // plane
         th = p % plane // w_ + pt
         tw = p % plane % w_ + pl
-        r_end = (split + 1) * chunk
-        if r_end > r_total:
-            r_end = r_total
+        r_end = smaller(split * chunk + chunk, r_total)
         for r0 in range(split * chunk, r_end, bk):
             for load in range(a_loads):
                 e = tid + load * threads
@@ -353,34 +389,25 @@ def _make_tiled(dtype, bm, bn, bk, tm, tn):
                         if oh * sh == t and ow * sw == u and oh < oh_ and ow < ow_:
                             val = dy[n, g * kg + window[0, r], oh, ow]
                 b_s[kk, pp] = val
-            cuda.syncthreads()
             multiply(a_s, b_s, acc, ty, tx)
-            cuda.syncthreads()
-        store(acc, bias, out, partial, ty, tx, m0, p0, mg, p_total, plane, g, groups, split,
-              splits)
+        store(acc, bias, out, partial, counters, ty, tx, m0, p0, mg, p_total, plane, g, groups,
+              split, splits)
 
     @cuda.jit
-    def bwd_weight(dy3, x, window, pixels, bias, out, partial, groups, splits, chunk):
+    def bwd_weight(dy3, x, window, pixels, bias, out, partial, counters, groups, splits,
+                   chunk):
         """dw[k, r] = sum_q dy[n, k, oh, ow] cols[r, q] over q = (n, oh, ow), r = (c, i, j):
         m = k of the group, p = r."""
         a_s = cuda.shared.array((bk, bm), dtype)
         b_s = cuda.shared.array((bk, bn), dtype)
         acc = cuda.local.array((tm, tn), dtype)
-        for a in range(tm):
-            for b in range(tn):
-                acc[a, b] = 0
-        tid = cuda.threadIdx.x
-        ty, tx = tid // rn, tid % rn
-        g, split = cuda.blockIdx.z % groups, cuda.blockIdx.z // groups
-        m0, p0 = cuda.blockIdx.y * bm, cuda.blockIdx.x * bn
+        tid, ty, tx, g, split, m0, p0 = start(acc, groups)
         n_, k_, plane = dy3.shape
         h_, w_ = x.shape[2], x.shape[3]
         mg, cg = k_ // groups, x.shape[1] // groups
         p_total = window.shape[1]
         q_total = n_ * plane
-        q_end = (split + 1) * chunk
-        if q_end > q_total:
-            q_end = q_total
+        q_end = smaller(split * chunk + chunk, q_total)
         for q0 in range(split * chunk, q_end, bk):
             # consecutive threads take consecutive q: neighbouring pixels of a row
             for load in range(a_loads):
@@ -401,29 +428,12 @@ def _make_tiled(dtype, bm, bn, bk, tm, tn):
                     if 0 <= ih < h_ and 0 <= iw < w_:
                         val = x[pixels[0, q], g * cg + window[0, r], ih, iw]
                 b_s[e % bk, e // bk] = val
-            cuda.syncthreads()
             multiply(a_s, b_s, acc, ty, tx)
-            cuda.syncthreads()
         # p = r with n = 0: out[0, g*mg + m, r] is dw[g*mg + m, r]
-        store(acc, bias, out, partial, ty, tx, m0, p0, mg, p_total, p_total, g, groups, split,
-              splits)
+        store(acc, bias, out, partial, counters, ty, tx, m0, p0, mg, p_total, p_total, g, groups,
+              split, splits)
 
     return fwd, bwd_data, bwd_weight
-
-
-@cuda.jit
-def _sum_splits(partial, bias, out, splits, groups, mg, p_total, plane):
-    """out as ``store`` writes it, from the partial sums added in split order."""
-    idx = cuda.grid(1)
-    size = groups * mg * p_total
-    if idx >= size:
-        return
-    p = idx % p_total
-    gm = idx // p_total                  # g*mg + m
-    acc = partial[idx]
-    for s in range(1, splits):
-        acc += partial[s * size + idx]
-    out[(p // plane * groups * mg + gm) * plane + p % plane] = acc + bias[gm]
 
 
 _TILED = {}
@@ -485,7 +495,7 @@ def _pixel_table(n, oh, ow, sh, sw, pt, pl):
                           .astype(np.int32))
 
 
-def _gemm(which, out, arrays, bias, scalars, groups, mg, p_total, plane, r_total):
+def _gemm(which, out, arrays, bias, scalars, groups, mg, p_total, r_total):
     """Launch the implicit-GEMM kernel ``which`` for C (groups x mg x p_total) written
     to ``out`` as (n, groups*mg, plane), the reduction split to fill the GPU."""
     if out.size == 0:
@@ -498,16 +508,11 @@ def _gemm(which, out, arrays, bias, scalars, groups, mg, p_total, plane, r_total
     splits = max(1, min(_target_blocks() // tiles, steps // 4))
     chunk = (steps + splits - 1) // splits * bk
     splits = (r_total + chunk - 1) // chunk if r_total else 1
-    partial = _workspace(splits * groups * mg * p_total if splits > 1 else 1, out.dtype)
-    flat = out.reshape(out.size)
     grid = ((p_total + bn - 1) // bn, (mg + bm - 1) // bm, groups * splits)
-    kernel[grid, bm // tm * (bn // tn)](*arrays, bias, flat, partial, *scalars, groups,
-                                        splits, chunk)
-    if splits > 1:
-        size = groups * mg * p_total
-        threads = threads_per_block()
-        _sum_splits[(size + threads - 1) // threads, threads](
-            partial, bias, flat, splits, groups, mg, p_total, plane)
+    kernel[grid, bm // tm * (bn // tn)](
+        *arrays, bias, out.reshape(out.size),
+        _workspace(splits * groups * mg * p_total if splits > 1 else 1, out.dtype),
+        _counters(grid[0] * grid[1] * groups), *scalars, groups, splits, chunk)
 
 
 def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
@@ -515,7 +520,7 @@ def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_thre
         n, k, oh, ow = y.shape
         cg = w.shape[1]
         _gemm(0, y, (x, w.reshape(k, cg * kh * kw), _window_table(cg, kh, kw, dh, dw)), b,
-              (oh, ow, sh, sw, pt, pl), groups, k // groups, n * oh * ow, oh * ow, cg * kh * kw)
+              (oh, ow, sh, sw, pt, pl), groups, k // groups, n * oh * ow, cg * kh * kw)
 
 
 def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
@@ -524,7 +529,7 @@ def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_
         k = w.shape[0]
         _gemm(1, dx, (dy, w.reshape(k, w.shape[1], kh * kw),
                       _window_table(k // groups, kh, kw, dh, dw)),
-              zeros(c, dx.dtype), (h, v, sh, sw, pt, pl), groups, c // groups, n * h * v, h * v,
+              zeros(c, dx.dtype), (h, v, sh, sw, pt, pl), groups, c // groups, n * h * v,
               k // groups * kh * kw)
 
 
@@ -534,8 +539,7 @@ def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups,
         cg = dw_.shape[1]
         _gemm(2, dw_, (dy.reshape(n, k, oh * ow), x, _window_table(cg, kh, kw, dh, dw),
                        _pixel_table(n, oh, ow, sh, sw, pt, pl)),
-              zeros(k, dw_.dtype), (), groups, k // groups, cg * kh * kw, cg * kh * kw,
-              n * oh * ow)
+              zeros(k, dw_.dtype), (), groups, k // groups, cg * kh * kw, n * oh * ow)
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,10 @@ backend and, for convolutions, the algorithm, allocates the outputs and runs
 the backend's kernels on C-contiguous copies (when the input is not
 contiguous already). Inputs are never written to. The result has the input's
 dtype, float32 or float64.
+
+CUDA device arrays (numba's, or anything with ``__cuda_array_interface__``) run
+on the ``cuda`` backend and the result stays on the device: it lives where the
+operation's first array (``x``, or ``grad_out`` for a gradient) does.
 """
 
 import numpy as np
