@@ -4,12 +4,15 @@ An explicit request that cannot run is a ``ValueError``, never a silent
 substitute; ``"auto"`` picks among what the backend implements.
 """
 
+import functools
+
 ALGORITHMS = ("im2col", "direct", "winograd2", "winograd4", "winograd6")
 # "winograd" is F(4x4, 3x3), the usual trade of speed against float32 accuracy
 ALIASES = {"winograd": "winograd4"}
 REQUESTS = ("auto",) + ALGORITHMS + tuple(ALIASES)
 
 
+@functools.cache
 def implemented(backend):
     """The algorithms a backend module has forward, data-gradient and weight-gradient kernels for."""
     return tuple(

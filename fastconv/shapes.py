@@ -177,9 +177,12 @@ class PoolGeometry:
 # ---------------------------------------------------------------------------
 
 def _int(value, name, op, minimum=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{op}: {name} must be an int, got {value!r}")
-    value = int(value)
+    # a plain int first: the check against numbers.Integral (an ABC) costs more than
+    # the rest of a small layer's validation
+    if type(value) is not int:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{op}: {name} must be an int, got {value!r}")
+        value = int(value)
     if minimum is not None and value < minimum:
         if minimum == 1:
             raise ValueError(f"{op}: {name} must be positive, got {value}")
