@@ -117,6 +117,7 @@ cdef void _lower_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c,
     cdef Py_ssize_t iw0 = j * dw - pl
     cdef Py_ssize_t ow0 = _first_inside(iw0, sw, OW)
     cdef Py_ssize_t ow1 = _end_inside(iw0, sw, W, ow0, OW)
+    cdef const floating* row
     for r in range(rows):
         ih = (oh0 + r) * sh - pt + i * dh
         if ih < 0 or ih >= H:
@@ -125,8 +126,13 @@ cdef void _lower_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c,
         else:
             for ow in range(ow0):
                 dst[ow] = 0
-            for ow in range(ow0, ow1):
-                dst[ow] = x[n, c, ih, ow * sw + iw0]
+            row = &x[n, c, ih, 0]
+            if sw == 1:     # a contiguous copy, which the compiler vectorises
+                for ow in range(ow0, ow1):
+                    dst[ow] = row[ow + iw0]
+            else:
+                for ow in range(ow0, ow1):
+                    dst[ow] = row[ow * sw + iw0]
             for ow in range(ow1, OW):
                 dst[ow] = 0
         dst += OW
@@ -141,6 +147,7 @@ cdef void _unlower_plane(const floating* src, Py_ssize_t ld, floating[:, :, :, :
     cdef Py_ssize_t H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t i, j, r, ow, ih, iw0, ow0, ow1
     cdef const floating* row
+    cdef floating* xrow
     for i in range(kh):
         for j in range(kw):
             iw0 = j * dw - pl
@@ -151,8 +158,13 @@ cdef void _unlower_plane(const floating* src, Py_ssize_t ld, floating[:, :, :, :
                 if ih < 0 or ih >= H:
                     continue
                 row = src + (i * kw + j) * ld + r * OW
-                for ow in range(ow0, ow1):
-                    x[n, c, ih, ow * sw + iw0] += row[ow]
+                xrow = &x[n, c, ih, 0]
+                if sw == 1:     # contiguous, which the compiler vectorises
+                    for ow in range(ow0, ow1):
+                        xrow[ow + iw0] += row[ow]
+                else:
+                    for ow in range(ow0, ow1):
+                        xrow[ow * sw + iw0] += row[ow]
 
 
 cdef void _im2col_block(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,

@@ -144,8 +144,12 @@ def _lower_row(x, n, c, i, j, dst, dst0, oh0, rows, OW, sh, sw, pt, pl, dh, dw):
             xrow = x[n, c, ih]
             for ow in range(ow0):
                 dst[dst0 + ow] = 0
-            for ow in range(ow0, ow1):
-                dst[_u(dst0 + ow)] = xrow[_u(ow * sw + iw0)]
+            if sw == 1:     # a contiguous copy, which the compiler vectorises
+                for ow in range(ow0, ow1):
+                    dst[_u(dst0 + ow)] = xrow[_u(ow + iw0)]
+            else:
+                for ow in range(ow0, ow1):
+                    dst[_u(dst0 + ow)] = xrow[_u(ow * sw + iw0)]
             for ow in range(ow1, OW):
                 dst[dst0 + ow] = 0
         dst0 += OW
@@ -166,8 +170,12 @@ def _unlower_plane(src, src0, ld, x, n, c, oh0, rows, OW, kh, kw, sh, sw, pt, pl
                     continue
                 row = src0 + (i * kw + j) * ld + r * OW
                 xrow = x[n, c, ih]
-                for ow in range(ow0, ow1):
-                    xrow[_u(ow * sw + iw0)] += src[_u(row + ow)]
+                if sw == 1:     # contiguous, which the compiler vectorises
+                    for ow in range(ow0, ow1):
+                        xrow[_u(ow + iw0)] += src[_u(row + ow)]
+                else:
+                    for ow in range(ow0, ow1):
+                        xrow[_u(ow * sw + iw0)] += src[_u(row + ow)]
 
 
 @njit
