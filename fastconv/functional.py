@@ -629,10 +629,11 @@ def _check_out(out, x, op):
     if out is None:
         return
     on_device = _backends.is_device_array(x)
-    if _backends.is_device_array(out) == on_device and out.shape == x.shape \
-            and out.dtype == x.dtype and (
-                out.is_c_contiguous() if on_device
-                else out.flags.c_contiguous and out.flags.writeable):
+    if on_device:
+        fits = _backends.is_device_array(out) and out.is_c_contiguous()
+    else:
+        fits = isinstance(out, np.ndarray) and out.flags.c_contiguous and out.flags.writeable
+    if fits and out.shape == x.shape and out.dtype == x.dtype:
         return
     got = (f"a {out.dtype} array of shape {out.shape}" if hasattr(out, "dtype")
            else type(out).__name__)
@@ -685,9 +686,9 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, e
 
 def relu(x, *, out=None):
     """``max(x, 0)``; NaN stays NaN, as in PyTorch. Device arrays stay on the device."""
+    _check_out(out, x, "relu")
     if not _backends.is_device_array(x):
         return np.maximum(x, 0, out=out)
-    _check_out(out, x, "relu")
     (x,) = _contiguous(x)
     y = _alloc(x.shape, x.dtype, x) if out is None else out
     _kernel(_backend_for(None, "relu", "relu", x), "relu", "relu")(

@@ -7,6 +7,7 @@ import pytest
 
 import fastconv as fc
 from fastconv import nn
+import fastconv.functional as F
 from fastconv.functional import channel_affine
 
 from configs import rel_err
@@ -43,6 +44,10 @@ def test_channel_affine_rejects_bad_arguments():
         channel_affine(x, np.ones(3), np.zeros(3), out=np.zeros((1, 3, 2, 2)))
     with pytest.raises(ValueError, match="out must be"):
         channel_affine(x, np.ones(3), np.zeros(3), out=x[:, :, :, ::-1])
+    with pytest.raises(ValueError, match="out must be .* NumPy array .* got list"):
+        channel_affine(x, np.ones(3), np.zeros(3), out=[0.0] * 12)
+    with pytest.raises(ValueError, match="out must be"):
+        F.relu(x, out=np.zeros((1, 3, 2, 1), np.float32))
 
 
 def _batchnorm(c, rng):
