@@ -1,21 +1,21 @@
 """CUDA kernels (``numba.cuda``) under the reference backend's names and arguments.
 
-Every kernel gives each GPU thread the outputs it alone writes, so no two
-threads add into one element and the results do not depend on scheduling:
-convolution forward, data gradient and weight gradient, unfold/fold and the
-pooling forwards take one output element per thread (the data gradient and
-fold gather from every window that covers their pixel, the weight gradient
-sums over the batch and the output map); the pooling gradients take one
-(n, c) plane per thread and scatter inside it. The convolution is direct: a
-thread's loops are those of the chapter's formula. Sums start from
-``zero[0]``, a one-element array of the output's dtype, so float32 kernels add
-in float32 as the CPU kernels do.
+No two threads add into one element, so the results do not depend on
+scheduling. The direct convolution, unfold/fold and the pooling forwards take
+one output element per thread (the data gradient and fold gather from every
+window that covers their pixel, the weight gradient sums over the batch and
+the output map); the pooling gradients take one (n, c) plane per thread and
+scatter inside it. The ``im2col`` convolutions are implicit GEMMs in
+shared-memory tiles (see their section), whose split reductions are added in a
+fixed order. Sums start from ``zero[0]``, a one-element array of the output's
+dtype, so float32 kernels add in float32 as the CPU kernels do.
 
-The host functions take NumPy arrays, as the other backends' kernels do: they
-copy the inputs to the device, launch one thread per output item in blocks of
-``threads_per_block()`` threads (``FASTCONV_CUDA_THREADS``, 128 by default; the
-tests use a few, so that arrays cross block boundaries), and copy the output
-back into the array the caller passed.
+The host functions take NumPy arrays, as the other backends' kernels do, or
+device arrays: host inputs are copied to the device and host outputs receive
+the result, device arrays are used where they are (``_on_device``). Element
+kernels run one thread per output item in blocks of ``threads_per_block()``
+threads (``FASTCONV_CUDA_THREADS``, 128 by default; the tests use a few, so
+that arrays cross block boundaries).
 """
 
 import functools
