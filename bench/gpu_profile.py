@@ -1,6 +1,7 @@
 """Where the host time of CUDA backend calls goes, for tuning its per-call overhead on a
 real GPU: the cost of numba's primitives (allocation, a small copy, kernel launches
-with few and many arguments) and a cProfile of convolution calls on device arrays.
+with few and many arguments, by numba and by ``_run``) and a cProfile of convolution
+calls on device arrays.
 
     python bench/gpu_profile.py [calls]
 """
@@ -14,6 +15,7 @@ import numpy as np
 from numba import cuda
 
 import fastconv as fc
+from fastconv._cuda_kernels import _run
 
 
 @cuda.jit
@@ -48,6 +50,7 @@ def primitives(calls):
         ("to_device(512 floats)", lambda: cuda.to_device(small)),
         ("launch, 5 arrays", lambda: _touch[1, 32](*arrays[:5])),
         ("launch, 6 arrays + 12 ints", lambda: _touch_many[1, 32](*arrays, *range(12))),
+        ("the same through _run", lambda: _run(_touch_many, 1, 32, *arrays, *range(12))),
         ("reshape of a device array", lambda: arrays[0].reshape(512)),
     ]
     for name, fn in timings:

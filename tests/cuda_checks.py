@@ -316,3 +316,25 @@ def test_output_memory_is_reused_once_its_array_is_gone():
     kept = fc.conv2d(x, w)                  # a live array's block is not handed out
     assert kept.device_ctypes_pointer.value != y.device_ctypes_pointer.value
     _close(_host(kept), expected, np.float32)
+
+
+def test_repeated_launches_bypass_numbas_argument_preparation_with_the_same_result():
+    import numba
+
+    from fastconv import _cuda_kernels
+
+    rng = np.random.default_rng(13)
+    x = _device(rng.standard_normal((2, 3, 7, 6)).astype(np.float32))
+    w = _device(rng.standard_normal((5, 3, 3, 3)).astype(np.float32))
+    b = rng.standard_normal(5).astype(np.float32)
+    expected = fc.conv2d(x.copy_to_host(), w.copy_to_host(), b, padding=1, backend="numpy")
+    first = _host(fc.conv2d(x, w, b, padding=1, algorithm="im2col"))
+    again = _host(fc.conv2d(x, w, b, padding=1, algorithm="im2col"))
+    _close(first, expected, np.float32)
+    assert np.array_equal(first, again)
+    launches = [f for (kernel, _), f in _cuda_kernels._LAUNCHES.items()
+                if kernel in _cuda_kernels._tiled(np.float32, _cuda_kernels.tile_shape(84, 5))]
+    if numba.config.ENABLE_CUDASIM:          # the simulator always launches through numba
+        assert launches == []
+    else:
+        assert launches and all(f is not None for f in launches)
