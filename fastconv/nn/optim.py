@@ -1,5 +1,7 @@
 """Optimizers with PyTorch's update rules."""
 
+import math
+
 import numpy as np
 
 
@@ -56,15 +58,23 @@ class Adam(Optimizer):
                 continue
             g = p.grad + self.weight_decay * p.data if self.weight_decay else p.grad
             if not state:
-                state.update(t=0, m=np.zeros_like(p.data), v=np.zeros_like(p.data))
+                state.update(t=0, m=np.zeros_like(p.data), v=np.zeros_like(p.data),
+                             scratch=np.empty_like(p.data))
             state["t"] += 1
-            m, v = state["m"], state["v"]       # updated in place, as torch's foreach Adam
-            m *= b1
-            m += (1 - b1) * g
+            # in place, in PyTorch's order of operations: m.lerp_(g, 1 - b1),
+            # v.mul_(b2).addcmul_(g, g, 1 - b2), w.addcdiv_(m, sqrt(v)/sqrt(1 - b2^t) + eps,
+            # -lr/(1 - b1^t)); one scratch array per parameter and no temporaries
+            m, v, scratch = state["m"], state["v"], state["scratch"]
+            np.subtract(g, m, out=scratch)
+            scratch *= 1 - b1
+            m += scratch
+            np.multiply(g, g, out=scratch)
+            scratch *= 1 - b2
             v *= b2
-            v += (1 - b2) * (g * g)
-            # PyTorch's arrangement: w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
-            denom = np.sqrt(v)
-            denom /= np.sqrt(1 - b2 ** state["t"])
-            denom += self.eps
-            p.data -= (self.lr / (1 - b1 ** state["t"]) * m / denom).astype(p.data.dtype)
+            v += scratch
+            np.sqrt(v, out=scratch)
+            scratch /= math.sqrt(1 - b2 ** state["t"])
+            scratch += self.eps
+            np.divide(m, scratch, out=scratch)
+            scratch *= self.lr / (1 - b1 ** state["t"])
+            p.data -= scratch
