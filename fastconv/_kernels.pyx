@@ -181,6 +181,56 @@ cdef void _im2col_block(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t
                            oh0, rows, OW, sh, sw, pt, pl, dh, dw)
 
 
+# Whole-row lowering, for stride-1 convolutions without horizontal padding whose
+# output rows are short (LeNet's 10 pixels): a lowered row then is one run of
+# the input plane, rows*W values from the tap's first pixel, copied at once
+# instead of row by row. Output columns W-OW .. W-1 of each row come along
+# (the tap's window runs into the next input row there); the product computes
+# them and the copy to Y drops them; the gradients lay dY's block out the same
+# way with zeros there (``_widen_rows``), so those columns add nothing. Inside
+# the valid columns a position falls outside the plane exactly when its input
+# row is padding, so clipping the run to the plane gives the padding's zeros.
+
+cdef inline Py_ssize_t _run_start(Py_ssize_t oh0, Py_ssize_t i, Py_ssize_t j, Py_ssize_t W,
+                                  Py_ssize_t pt, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """Where tap (i, j)'s run for output rows from oh0 starts in the input plane."""
+    return (oh0 - pt + i * dh) * W + j * dw
+
+
+cdef void _copy_run(const floating* plane, Py_ssize_t size, Py_ssize_t start, floating* dst,
+                    Py_ssize_t length) noexcept nogil:
+    """dst[q] = plane[start + q] for q < length, 0 where that is off the plane."""
+    cdef Py_ssize_t q, q0 = _clip(-start, 0, length), q1 = _clip(size - start, q0, length)
+    for q in range(q0):
+        dst[q] = 0
+    for q in range(q0, q1):
+        dst[q] = plane[start + q]
+    for q in range(q1, length):
+        dst[q] = 0
+
+
+cdef void _add_run(const floating* src, Py_ssize_t length, floating* plane, Py_ssize_t size,
+                   Py_ssize_t start) noexcept nogil:
+    """plane[start + q] += src[q] for q < length, where that is on the plane."""
+    cdef Py_ssize_t q, q0 = _clip(-start, 0, length), q1 = _clip(size - start, q0, length)
+    for q in range(q0, q1):
+        plane[start + q] += src[q]
+
+
+cdef void _widen_rows(const floating* src, Py_ssize_t src_ld, Py_ssize_t n_rows,
+                      Py_ssize_t rows, Py_ssize_t OW, floating* dst, Py_ssize_t ld,
+                      Py_ssize_t W) noexcept nogil:
+    """dst[m, r*W + v] = src[m, r*OW + v] for v < OW and 0 for OW <= v < W: a block of
+    dY laid out as the whole-row products are, for the gradients."""
+    cdef Py_ssize_t m, r, v
+    for m in range(n_rows):
+        for r in range(rows):
+            for v in range(OW):
+                dst[m * ld + r * W + v] = src[m * src_ld + r * OW + v]
+            for v in range(OW, W):
+                dst[m * ld + r * W + v] = 0
+
+
 cdef void _col2im_block(const floating* cols, Py_ssize_t ld, floating[:, :, :, ::1] x,
                         Py_ssize_t n, Py_ssize_t c0, Py_ssize_t n_c,
                         Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
@@ -259,14 +309,28 @@ cdef inline bint _is_pointwise(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_s
 cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                     const floating[::1] b, floating[:, :, :, ::1] y, floating* cols, Py_ssize_t ld,
                     Py_ssize_t n, Py_ssize_t g, Py_ssize_t oh0, Py_ssize_t rows, bint pointwise,
-                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                    bint whole_rows, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t groups) noexcept nogil:
     """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1."""
     cdef Py_ssize_t Cg = x.shape[1] // groups, Kg = y.shape[1] // groups, CKK = Cg * kh * kw
     cdef Py_ssize_t HW = x.shape[2] * x.shape[3], OHW = y.shape[2] * y.shape[3], OW = y.shape[3]
-    cdef Py_ssize_t k, p
+    cdef Py_ssize_t W = x.shape[3], K2 = kh * kw, k, p, q, r, ow
     cdef floating* yk
+    cdef floating* product = cols + CKK * ld
+    if whole_rows:      # the product, W columns per row, goes to the workspace's last Kg rows
+        for q in range(CKK):
+            _copy_run(&x[n, g * Cg + q // K2, 0, 0], HW,
+                      _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols + q * ld,
+                      rows * W)
+        _gemm(False, False, Kg, rows * W, CKK, 1, &w[g * Kg, 0, 0, 0], CKK, cols, ld, 0,
+              product, ld)
+        for k in range(Kg):
+            for r in range(rows):
+                yk = &y[n, g * Kg + k, oh0 + r, 0]
+                for ow in range(OW):
+                    yk[ow] = product[k * ld + r * W + ow] + b[g * Kg + k]
+        return
     if pointwise:
         _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
               &x[n, g * Cg, oh0, 0], HW, 0, &y[n, g * Kg, oh0, 0], OHW)
@@ -289,11 +353,13 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       const floating[::1] b,              # IN  (K,)
                       floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
                       floating[:, :, ::1] cols,           # workspace (threads, C/g*kh*kw, rows*OW)
+                      bint whole_rows,                    # cols (threads, C/g*kh*kw + K/g, rows*W)
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                       Py_ssize_t groups, int n_threads):
     """Y = W . im2col(X) + b, a task per image, group and block of output rows."""
-    cdef Py_ssize_t OH = y.shape[2], ld = cols.shape[2], block = ld // y.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], ld = cols.shape[2]
+    cdef Py_ssize_t block = ld // (x.shape[3] if whole_rows else y.shape[3])
     cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = x.shape[0] * groups * n_blk
     cdef Py_ssize_t t, q, task, oh0
     cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3],
@@ -305,109 +371,208 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                 oh0 = task % n_blk * block
                 _fwd_task(x, w, b, y, &cols[t, 0, 0], ld, task // (groups * n_blk),
                           task // n_blk % groups, oh0, min(block, OH - oh0), pointwise,
-                          kh, kw, sh, sw, pt, pl, dh, dw, groups)
+                          whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
-# The gradients go block by block over a lowered block shared by all threads,
-# in one parallel region per block: for the data gradient each thread takes a
-# share of the input channels (the rows of dcols = W_g^T . dY_block that
-# belong to them, then their col2im), for the weight gradient a share of the
-# lowered rows (it lowers them, then adds dY_block . rows^T into its columns
-# of dW). Each thread owns what it writes, with no partial sums, and every
-# thread is busy even on a 7x7 image.
+# The gradients take one of two schedules. With enough images (times groups)
+# to share out (``per_image``), thread t takes images t, t + T, ... with its
+# own workspace and all blocks of an image in turn, as the forward does: the
+# data gradient writes only its images' planes, the weight gradient adds into
+# the thread's own partial dW, and the partials are summed in thread order at
+# the end. With few images, the images go block by block over one lowered
+# block, in one parallel region per block, each thread taking a share of the
+# input channels (the data gradient: the rows of dcols = W_g^T . dY_block that
+# belong to them, then their col2im) or of the lowered rows (the weight
+# gradient: it lowers them, then adds dY_block . rows^T into its columns of
+# dW). Either way each thread owns what it writes and every sum has a fixed
+# order, so the results do not depend on scheduling.
 
 cdef inline Py_ssize_t _share(Py_ssize_t total, Py_ssize_t t, Py_ssize_t n_threads) noexcept nogil:
     """Thread t of n_threads takes items [share(t), share(t+1)) of ``total``."""
     return total * t // n_threads
 
 
+cdef void _bwd_data_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] w,
+                          floating[:, :, :, ::1] dx, floating* cols, Py_ssize_t ld,
+                          const floating* wide_dy, Py_ssize_t n, Py_ssize_t g, Py_ssize_t c0,
+                          Py_ssize_t c1, Py_ssize_t oh0, Py_ssize_t rows, bint pointwise,
+                          bint whole_rows, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                          Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
+                          Py_ssize_t dw, Py_ssize_t groups) noexcept nogil:
+    """Input channels c0 .. c1-1 of group g, image n, from output rows oh0 .. oh0+rows-1:
+    dcols = W_g[:, c0:c1]^T . dY_block into cols (row stride ld), then col2im."""
+    cdef Py_ssize_t Cg = dx.shape[1] // groups, Kg = dy.shape[1] // groups
+    cdef Py_ssize_t CKK = Cg * kh * kw, K2 = kh * kw, H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3], c, q
+    if pointwise:
+        _gemm(True, False, c1 - c0, rows * OW, Kg, 1, &w[g * Kg, c0, 0, 0], CKK,
+              &dy[n, g * Kg, oh0, 0], OH * OW, 0, &dx[n, g * Cg + c0, oh0, 0], H * W)
+    elif whole_rows:
+        _gemm(True, False, (c1 - c0) * K2, rows * W, Kg, 1, &w[g * Kg, c0, 0, 0], CKK,
+              wide_dy, ld, 0, cols + c0 * K2 * ld, ld)
+        for q in range(c0 * K2, c1 * K2):
+            _add_run(cols + q * ld, rows * W, &dx[n, g * Cg + q // K2, 0, 0], H * W,
+                     _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw))
+    else:
+        _gemm(True, False, (c1 - c0) * K2, rows * OW, Kg, 1, &w[g * Kg, c0, 0, 0], CKK,
+              &dy[n, g * Kg, oh0, 0], OH * OW, 0, cols + c0 * K2 * ld, ld)
+        for c in range(c0, c1):
+            _unlower_plane(cols + c * K2 * ld, ld, dx, n, g * Cg + c, oh0, rows, OW,
+                           kh, kw, sh, sw, pt, pl, dh, dw)
+
+
 def conv2d_bwd_data_im2col(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, OW)
                            const floating[:, :, :, ::1] w,    # IN  (K, C/g, kh, kw)
                            floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
-                           floating[:, ::1] cols,             # workspace (C/g*kh*kw, rows*OW)
+                           floating[:, :, ::1] cols,          # workspace (slots, C/g*kh*kw, rows*OW)
+                           bint whole_rows,                   # slots (C/g*kh*kw + K/g, rows*W)
+                           bint per_image,                    # a slot per thread, else one
                            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                            Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                            Py_ssize_t groups, int n_threads):
-    """dX = col2im(W^T . dY), per image, group and block of output rows; each thread
-    takes a share of the group's input channels."""
+    """dX = col2im(W^T . dY), per image, group and block of output rows."""
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw, K2 = kh * kw
-    cdef Py_ssize_t ld = cols.shape[1], block = ld // OW, n_blk = _ceil_div(OH, block)
-    cdef Py_ssize_t n, g, blk, oh0, rows, t, c0, c1, c, plane
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t ld = cols.shape[2], block = ld // (W if whole_rows else OW)
+    cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = N * groups
+    cdef Py_ssize_t n, g, blk, oh0, rows, t, c, plane, task
     cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
     with nogil:
-        if not pointwise:
-            for plane in prange(N * C, schedule="static", num_threads=n_threads):
-                _zero_plane(dx, plane // C, plane % C)
-        for n in range(N):
-            for g in range(groups):
-                for blk in range(n_blk):
-                    oh0 = blk * block
-                    rows = min(block, OH - oh0)
-                    for t in prange(n_threads, schedule="static", chunksize=1,
-                                    num_threads=n_threads):
-                        c0 = _share(Cg, t, n_threads)
-                        c1 = _share(Cg, t + 1, n_threads)
-                        if c1 == c0:
-                            continue
-                        if pointwise:
-                            _gemm(True, False, c1 - c0, rows * OW, Kg, 1, &w[g * Kg, c0, 0, 0],
-                                  CKK, &dy[n, g * Kg, oh0, 0], OH * OW, 0,
-                                  &dx[n, g * Cg + c0, oh0, 0], H * W)
-                            continue
-                        _gemm(True, False, (c1 - c0) * K2, rows * OW, Kg, 1,
-                              &w[g * Kg, c0, 0, 0], CKK, &dy[n, g * Kg, oh0, 0], OH * OW, 0,
-                              &cols[c0 * K2, 0], ld)
-                        for c in range(c0, c1):
-                            _unlower_plane(&cols[c * K2, 0], ld, dx, n, g * Cg + c, oh0, rows,
-                                           OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        if per_image:
+            for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                for task in range(_ceil_div(n_tasks - t, n_threads)):
+                    n = (t + task * n_threads) // groups
+                    g = (t + task * n_threads) % groups
+                    if not pointwise:
+                        for c in range(g * Cg, (g + 1) * Cg):
+                            _zero_plane(dx, n, c)
+                    for blk in range(n_blk):
+                        oh0 = blk * block
+                        rows = min(block, OH - oh0)
+                        if whole_rows:
+                            _widen_rows(&dy[n, g * Kg, oh0, 0], OH * OW, Kg, rows, OW,
+                                        &cols[t, CKK, 0], ld, W)
+                        _bwd_data_block(dy, w, dx, &cols[t, 0, 0], ld, &cols[t, CKK, 0], n, g,
+                                        0, Cg, oh0, rows, pointwise, whole_rows, kh, kw, sh, sw,
+                                        pt, pl, dh, dw, groups)
+        else:
+            if not pointwise:
+                for plane in prange(N * C, schedule="static", num_threads=n_threads):
+                    _zero_plane(dx, plane // C, plane % C)
+            for n in range(N):
+                for g in range(groups):
+                    for blk in range(n_blk):
+                        oh0 = blk * block
+                        rows = min(block, OH - oh0)
+                        if whole_rows:
+                            _widen_rows(&dy[n, g * Kg, oh0, 0], OH * OW, Kg, rows, OW,
+                                        &cols[0, CKK, 0], ld, W)
+                        for t in prange(n_threads, schedule="static", chunksize=1,
+                                        num_threads=n_threads):
+                            if _share(Cg, t + 1, n_threads) > _share(Cg, t, n_threads):
+                                _bwd_data_block(dy, w, dx, &cols[0, 0, 0], ld, &cols[0, CKK, 0],
+                                                n, g, _share(Cg, t, n_threads),
+                                                _share(Cg, t + 1, n_threads), oh0, rows, pointwise,
+                                                whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+
+
+cdef void _bwd_weight_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                            floating* dwm, floating* cols, Py_ssize_t ld,
+                            const floating* wide_dy, Py_ssize_t n, Py_ssize_t g, Py_ssize_t q0,
+                            Py_ssize_t q1, Py_ssize_t oh0, Py_ssize_t rows, bint pointwise,
+                            bint whole_rows, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                            Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
+                            Py_ssize_t dw, Py_ssize_t groups) noexcept nogil:
+    """dW_g[:, q0:q1] += dY_block . cols[q0:q1]^T for image n, group g and output rows
+    oh0 .. oh0+rows-1, lowering rows q0 .. q1-1 into cols (row stride ld) first; dwm is
+    a (K, C/g*kh*kw) matrix."""
+    cdef Py_ssize_t Cg = x.shape[1] // groups, Kg = dy.shape[1] // groups
+    cdef Py_ssize_t CKK = Cg * kh * kw, K2 = kh * kw, H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3], q
+    if pointwise:
+        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
+              &x[n, g * Cg + q0, oh0, 0], H * W, 1, dwm + g * Kg * CKK + q0, CKK)
+    elif whole_rows:
+        for q in range(q0, q1):
+            _copy_run(&x[n, g * Cg + q // K2, 0, 0], H * W,
+                      _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols + q * ld,
+                      rows * W)
+        _gemm(False, True, Kg, q1 - q0, rows * W, 1, wide_dy, ld, cols + q0 * ld, ld, 1,
+              dwm + g * Kg * CKK + q0, CKK)
+    else:
+        for q in range(q0, q1):
+            _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, cols + q * ld, oh0, rows,
+                       OW, sh, sw, pt, pl, dh, dw)
+        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
+              cols + q0 * ld, ld, 1, dwm + g * Kg * CKK + q0, CKK)
 
 
 def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, OW)
                              const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                              floating[:, :, :, ::1] dw_,       # OUT (K, C/g, kh, kw)
-                             floating[:, ::1] cols,            # workspace (C/g*kh*kw, rows*OW)
+                             floating[:, :, ::1] cols,         # workspace (slots, C/g*kh*kw, rows*OW)
+                             floating[:, :, ::1] partial,      # per image: (threads, K, C/g*kh*kw)
+                             bint whole_rows,                  # slots (C/g*kh*kw + K/g, rows*W)
+                             bint per_image,                   # a slot per thread, else one
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                              Py_ssize_t groups, int n_threads):
-    """dW_g = sum over images and blocks of dY_block . cols^T (added into dW, zeroed
-    first, with beta = 1); each thread takes a share of the lowered rows, which are
-    its columns of dW_g."""
+    """dW_g = sum over images and blocks of dY_block . cols^T (added with beta = 1 into
+    a zeroed dW, or per image into each thread's partial dW, summed in order)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw, K2 = kh * kw
-    cdef Py_ssize_t ld = cols.shape[1], block = ld // OW, n_blk = _ceil_div(OH, block)
-    cdef Py_ssize_t n, g, blk, oh0, rows, t, q0, q1, q, k, c, i, j
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t ld = cols.shape[2], block = ld // (W if whole_rows else OW)
+    cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = N * groups
+    cdef Py_ssize_t n, g, blk, oh0, rows, t, k, q, task
     cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
+    cdef floating* dwm = &dw_[0, 0, 0, 0]
+    cdef floating total
     with nogil:
-        for k in prange(K, schedule="static", num_threads=n_threads):
-            for c in range(Cg):
-                for i in range(kh):
-                    for j in range(kw):
-                        dw_[k, c, i, j] = 0
-        for n in range(N):
-            for g in range(groups):
-                for blk in range(n_blk):
-                    oh0 = blk * block
-                    rows = min(block, OH - oh0)
-                    for t in prange(n_threads, schedule="static", chunksize=1,
-                                    num_threads=n_threads):
-                        q0 = _share(CKK, t, n_threads)
-                        q1 = _share(CKK, t + 1, n_threads)
-                        if q1 == q0:
-                            continue
-                        if pointwise:
-                            _gemm(False, True, Kg, q1 - q0, rows * OW, 1, &dy[n, g * Kg, oh0, 0],
-                                  OH * OW, &x[n, g * Cg + q0, oh0, 0], H * W, 1,
-                                  &dw_[g * Kg, q0, 0, 0], CKK)
-                            continue
-                        for q in range(q0, q1):
-                            _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, &cols[q, 0],
-                                       oh0, rows, OW, sh, sw, pt, pl, dh, dw)
-                        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, &dy[n, g * Kg, oh0, 0],
-                              OH * OW, &cols[q0, 0], ld, 1,
-                              &dw_[g * Kg, q0 // K2, q0 // kw % kh, q0 % kw], CKK)
+        if per_image:
+            for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                for k in range(K):
+                    for q in range(CKK):
+                        partial[t, k, q] = 0
+                for task in range(_ceil_div(n_tasks - t, n_threads)):
+                    n = (t + task * n_threads) // groups
+                    g = (t + task * n_threads) % groups
+                    for blk in range(n_blk):
+                        oh0 = blk * block
+                        rows = min(block, OH - oh0)
+                        if whole_rows:
+                            _widen_rows(&dy[n, g * Kg, oh0, 0], OH * OW, Kg, rows, OW,
+                                        &cols[t, CKK, 0], ld, W)
+                        _bwd_weight_block(dy, x, &partial[t, 0, 0], &cols[t, 0, 0], ld,
+                                          &cols[t, CKK, 0], n, g, 0, CKK, oh0, rows, pointwise,
+                                          whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+            for k in prange(K, schedule="static", num_threads=n_threads):
+                for q in range(CKK):
+                    total = partial[0, k, q]
+                    for t in range(1, n_threads):
+                        total = total + partial[t, k, q]
+                    dwm[k * CKK + q] = total
+        else:
+            for k in prange(K, schedule="static", num_threads=n_threads):
+                for q in range(CKK):
+                    dwm[k * CKK + q] = 0
+            for n in range(N):
+                for g in range(groups):
+                    for blk in range(n_blk):
+                        oh0 = blk * block
+                        rows = min(block, OH - oh0)
+                        if whole_rows:
+                            _widen_rows(&dy[n, g * Kg, oh0, 0], OH * OW, Kg, rows, OW,
+                                        &cols[0, CKK, 0], ld, W)
+                        for t in prange(n_threads, schedule="static", chunksize=1,
+                                        num_threads=n_threads):
+                            if _share(CKK, t + 1, n_threads) > _share(CKK, t, n_threads):
+                                _bwd_weight_block(dy, x, dwm, &cols[0, 0, 0], ld, &cols[0, CKK, 0],
+                                                  n, g, _share(CKK, t, n_threads),
+                                                  _share(CKK, t + 1, n_threads), oh0, rows,
+                                                  pointwise, whole_rows, kh, kw, sh, sw, pt, pl, dh,
+                                                  dw, groups)
 
 
 # ---------------------------------------------------------------------------

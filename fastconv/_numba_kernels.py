@@ -188,6 +188,57 @@ def _im2col_block(x, n, c0, n_c, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl
                            oh0, rows, OW, sh, sw, pt, pl, dh, dw)
 
 
+# Whole-row lowering, for stride-1 convolutions without horizontal padding whose
+# output rows are short (LeNet's 10 pixels): a lowered row then is one run of
+# the input plane, rows*W values from the tap's first pixel, copied at once
+# instead of row by row. Output columns W-OW .. W-1 of each row come along
+# (the tap's window runs into the next input row there); the product computes
+# them and the copy to Y drops them; the gradients lay dY's block out the same
+# way with zeros there (``_widen_rows``), so those columns add nothing. Inside
+# the valid columns a position falls outside the plane exactly when its input
+# row is padding, so clipping the run to the plane gives the padding's zeros.
+
+@njit
+def _run_start(oh0, i, j, W, pt, dh, dw):
+    """Where tap (i, j)'s run for output rows from oh0 starts in the input plane."""
+    return (oh0 - pt + i * dh) * W + j * dw
+
+
+@njit
+def _copy_run(src, plane0, size, start, dst, dst0, length):
+    """dst[dst0 + q] = src[plane0 + start + q] for q < length, 0 where that is off the
+    plane of ``size`` values at plane0."""
+    q0 = _clip(-start, 0, length)
+    q1 = _clip(size - start, q0, length)
+    for q in range(q0):
+        dst[dst0 + q] = 0
+    for q in range(q0, q1):
+        dst[_u(dst0 + q)] = src[_u(plane0 + start + q)]
+    for q in range(q1, length):
+        dst[dst0 + q] = 0
+
+
+@njit
+def _add_run(src, src0, length, dst, plane0, size, start):
+    """dst[plane0 + start + q] += src[src0 + q] for q < length, where that is on the plane."""
+    q0 = _clip(-start, 0, length)
+    q1 = _clip(size - start, q0, length)
+    for q in range(q0, q1):
+        dst[_u(plane0 + start + q)] += src[_u(src0 + q)]
+
+
+@njit
+def _widen_rows(src, src0, src_ld, n_rows, rows, OW, dst, dst0, ld, W):
+    """dst[m, r*W + v] = src[m, r*OW + v] for v < OW and 0 for OW <= v < W: a block of
+    dY laid out as the whole-row products are, for the gradients."""
+    for m in range(n_rows):
+        for r in range(rows):
+            for v in range(OW):
+                dst[_u(dst0 + m * ld + r * W + v)] = src[_u(src0 + m * src_ld + r * OW + v)]
+            for v in range(OW, W):
+                dst[dst0 + m * ld + r * W + v] = 0
+
+
 @njit
 def _col2im_block(cols, ld, x, n, c0, n_c, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw):
     """x[n, c0+c, ih, iw] += every cols entry _im2col_block would copy from there."""
@@ -254,7 +305,7 @@ def _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW):
 
 
 @njit
-def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise,
+def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise, whole_rows,
               kh, kw, sh, sw, pt, pl, dh, dw, groups):
     """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1."""
     Cg, Kg = x.shape[1] // groups, y.shape[1] // groups
@@ -263,6 +314,20 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise,
     HW, OHW = H * W, OH * OW
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
     y0 = (n * K + g * Kg) * OHW + oh0 * OW
+    if whole_rows:      # the product, W columns per row, goes to the workspace's last Kg rows
+        for q in range(CKK):
+            _copy_run(xf, (n * C + g * Cg + q // (kh * kw)) * HW, HW,
+                      _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols, q * ld, rows * W)
+        product = CKK * ld
+        _gemm(False, False, Kg, rows * W, CKK, 1, wf, g * Kg * CKK, CKK, cols, 0, ld, 0,
+              cols, product, ld)
+        for k in range(Kg):
+            for r in range(rows):
+                yk = y0 + k * OHW + r * OW
+                at = product + k * ld + r * W
+                for ow in range(OW):
+                    yf[_u(yk + ow)] = cols[_u(at + ow)] + b[g * Kg + k]
+        return
     if pointwise:
         _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
               xf, (n * C + g * Cg) * HW + oh0 * W, HW, 0, yf, y0, OHW)
@@ -286,10 +351,11 @@ def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
                       b,      # IN  (K,)
                       y,      # OUT (N, K, OH, OW)
                       cols,   # workspace (threads, C/g*kh*kw, rows*OW)
+                      whole_rows,     # cols (threads, C/g*kh*kw + K/g, rows*W)
                       kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
     """Y = W . im2col(X) + b, a task per image, group and block of output rows."""
     OH, ld = y.shape[2], cols.shape[2]
-    block = ld // y.shape[3]
+    block = ld // (x.shape[3] if whole_rows else y.shape[3])
     n_blk = _ceil_div(OH, block)
     n_tasks = x.shape[0] * groups * n_blk
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3], OH, y.shape[3])
@@ -298,16 +364,22 @@ def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
         for task in range(t, n_tasks, n_threads):
             oh0 = task % n_blk * block
             _fwd_task(x, w, b, y, slot, ld, task // (groups * n_blk), task // n_blk % groups,
-                      oh0, min(block, OH - oh0), pointwise, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+                      oh0, min(block, OH - oh0), pointwise, whole_rows, kh, kw, sh, sw, pt, pl,
+                      dh, dw, groups)
 
 
-# The gradients go block by block over a lowered block shared by all threads,
-# in one parallel region per block: for the data gradient each thread takes a
-# share of the input channels (the rows of dcols = W_g^T . dY_block that
-# belong to them, then their col2im), for the weight gradient a share of the
-# lowered rows (it lowers them, then adds dY_block . rows^T into its columns
-# of dW). Each thread owns what it writes, with no partial sums, and every
-# thread is busy even on a 7x7 image.
+# The gradients take one of two schedules. With enough images (times groups)
+# to share out (``per_image``), thread t takes images t, t + T, ... with its
+# own workspace and all blocks of an image in turn, as the forward does: the
+# data gradient writes only its images' planes, the weight gradient adds into
+# the thread's own partial dW, and the partials are summed in thread order at
+# the end. With few images, the images go block by block over one lowered
+# block, in one parallel region per block, each thread taking a share of the
+# input channels (the data gradient: the rows of dcols = W_g^T . dY_block that
+# belong to them, then their col2im) or of the lowered rows (the weight
+# gradient: it lowers them, then adds dY_block . rows^T into its columns of
+# dW). Either way each thread owns what it writes and every sum has a fixed
+# order, so the results do not depend on scheduling.
 
 @njit
 def _share(total, t, n_threads):
@@ -315,23 +387,70 @@ def _share(total, t, n_threads):
     return total * t // n_threads
 
 
-@pnjit
-def conv2d_bwd_data_im2col(dy,    # IN  (N, K, OH, OW)
-                           w,     # IN  (K, C/g, kh, kw)
-                           dx,    # OUT (N, C, H, W)
-                           cols,  # workspace (C/g*kh*kw, rows*OW)
-                           kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """dX = col2im(W^T . dY), per image, group and block of output rows; each thread
-    takes a share of the group's input channels."""
+@njit
+def _bwd_data_block(dy, w, dx, cols, cols0, ld, wide_dy, n, g, c0, c1, oh0, rows, pointwise,
+                    whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups):
+    """Input channels c0 .. c1-1 of group g, image n, from output rows oh0 .. oh0+rows-1:
+    dcols = W_g[:, c0:c1]^T . dY_block into cols from cols0 (row stride ld), then col2im."""
     N, C, H, W = dx.shape
     K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     Cg, Kg = C // groups, K // groups
     CKK, K2 = Cg * kh * kw, kh * kw
-    ld = cols.shape[1]
-    block = ld // OW
+    dyf, wf, dxf = dy.reshape(-1), w.reshape(-1), dx.reshape(-1)
+    dy0 = (n * K + g * Kg) * OH * OW + oh0 * OW
+    if pointwise:
+        _gemm(True, False, c1 - c0, rows * OW, Kg, 1, wf, g * Kg * CKK + c0, CKK,
+              dyf, dy0, OH * OW, 0, dxf, (n * C + g * Cg + c0) * H * W + oh0 * W, H * W)
+    elif whole_rows:
+        _gemm(True, False, (c1 - c0) * K2, rows * W, Kg, 1, wf, g * Kg * CKK + c0 * K2, CKK,
+              cols, wide_dy, ld, 0, cols, cols0 + c0 * K2 * ld, ld)
+        for q in range(c0 * K2, c1 * K2):
+            _add_run(cols, cols0 + q * ld, rows * W, dxf, (n * C + g * Cg + q // K2) * H * W,
+                     H * W, _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw))
+    else:
+        _gemm(True, False, (c1 - c0) * K2, rows * OW, Kg, 1, wf, g * Kg * CKK + c0 * K2, CKK,
+              dyf, dy0, OH * OW, 0, cols, cols0 + c0 * K2 * ld, ld)
+        for c in range(c0, c1):
+            _unlower_plane(cols, cols0 + c * K2 * ld, ld, dx, n, g * Cg + c, oh0, rows, OW,
+                           kh, kw, sh, sw, pt, pl, dh, dw)
+
+
+@pnjit
+def conv2d_bwd_data_im2col(dy,    # IN  (N, K, OH, OW)
+                           w,     # IN  (K, C/g, kh, kw)
+                           dx,    # OUT (N, C, H, W)
+                           cols,  # workspace (slots, C/g*kh*kw, rows*OW)
+                           whole_rows,    # slots (C/g*kh*kw + K/g, rows*W)
+                           per_image,     # a slot per thread, else one
+                           kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    """dX = col2im(W^T . dY), per image, group and block of output rows."""
+    N, C, H, W = dx.shape
+    K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    Cg, Kg = C // groups, K // groups
+    CKK = Cg * kh * kw
+    slot, ld = cols.shape[1] * cols.shape[2], cols.shape[2]
+    block = ld // (W if whole_rows else OW)
     n_blk = _ceil_div(OH, block)
+    n_tasks = N * groups
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
-    dyf, wf, dxf, colsf = dy.reshape(-1), w.reshape(-1), dx.reshape(-1), cols.reshape(-1)
+    dyf, colsf = dy.reshape(-1), cols.reshape(-1)
+    if per_image:
+        for t in prange(n_threads):
+            for task in range(t, n_tasks, n_threads):
+                n, g = task // groups, task % groups
+                if not pointwise:
+                    for c in range(g * Cg, (g + 1) * Cg):
+                        _zero_plane(dx, n, c)
+                for blk in range(n_blk):
+                    oh0 = blk * block
+                    rows = min(block, OH - oh0)
+                    if whole_rows:
+                        _widen_rows(dyf, (n * K + g * Kg) * OH * OW + oh0 * OW, OH * OW, Kg,
+                                    rows, OW, colsf, t * slot + CKK * ld, ld, W)
+                    _bwd_data_block(dy, w, dx, colsf, t * slot, ld, t * slot + CKK * ld, n, g,
+                                    0, Cg, oh0, rows, pointwise, whole_rows, kh, kw, sh, sw,
+                                    pt, pl, dh, dw, groups)
+        return
     if not pointwise:
         for plane in prange(N * C):
             _zero_plane(dx, plane // C, plane % C)
@@ -340,43 +459,90 @@ def conv2d_bwd_data_im2col(dy,    # IN  (N, K, OH, OW)
             for blk in range(n_blk):
                 oh0 = blk * block
                 rows = min(block, OH - oh0)
-                dy0 = (n * K + g * Kg) * OH * OW + oh0 * OW
+                if whole_rows:
+                    _widen_rows(dyf, (n * K + g * Kg) * OH * OW + oh0 * OW, OH * OW, Kg, rows,
+                                OW, colsf, CKK * ld, ld, W)
                 for t in prange(n_threads):
-                    c0 = _share(Cg, t, n_threads)
-                    c1 = _share(Cg, t + 1, n_threads)
-                    if c1 == c0:
-                        continue
-                    if pointwise:
-                        _gemm(True, False, c1 - c0, rows * OW, Kg, 1, wf, g * Kg * CKK + c0, CKK,
-                              dyf, dy0, OH * OW, 0,
-                              dxf, (n * C + g * Cg + c0) * H * W + oh0 * W, H * W)
-                        continue
-                    _gemm(True, False, (c1 - c0) * K2, rows * OW, Kg, 1,
-                          wf, g * Kg * CKK + c0 * K2, CKK, dyf, dy0, OH * OW, 0,
-                          colsf, c0 * K2 * ld, ld)
-                    for c in range(c0, c1):
-                        _unlower_plane(colsf, c * K2 * ld, ld, dx, n, g * Cg + c, oh0, rows,
-                                       OW, kh, kw, sh, sw, pt, pl, dh, dw)
+                    if _share(Cg, t + 1, n_threads) > _share(Cg, t, n_threads):
+                        _bwd_data_block(dy, w, dx, colsf, 0, ld, CKK * ld, n, g,
+                                        _share(Cg, t, n_threads), _share(Cg, t + 1, n_threads),
+                                        oh0, rows, pointwise, whole_rows, kh, kw, sh, sw, pt,
+                                        pl, dh, dw, groups)
+
+
+@njit
+def _bwd_weight_block(dy, x, dwf, dw0, cols, cols0, ld, wide_dy, n, g, q0, q1, oh0, rows,
+                      pointwise, whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups):
+    """dW_g[:, q0:q1] += dY_block . cols[q0:q1]^T for image n, group g and output rows
+    oh0 .. oh0+rows-1, lowering rows q0 .. q1-1 into cols from cols0 (row stride ld)
+    first; dwf from dw0 is a (K, C/g*kh*kw) matrix."""
+    N, C, H, W = x.shape
+    K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
+    Cg, Kg = C // groups, K // groups
+    CKK, K2 = Cg * kh * kw, kh * kw
+    dyf, xf = dy.reshape(-1), x.reshape(-1)
+    dy0 = (n * K + g * Kg) * OH * OW + oh0 * OW
+    if pointwise:
+        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, dyf, dy0, OH * OW,
+              xf, (n * C + g * Cg + q0) * H * W + oh0 * W, H * W, 1,
+              dwf, dw0 + g * Kg * CKK + q0, CKK)
+    elif whole_rows:
+        for q in range(q0, q1):
+            _copy_run(xf, (n * C + g * Cg + q // K2) * H * W, H * W,
+                      _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols,
+                      cols0 + q * ld, rows * W)
+        _gemm(False, True, Kg, q1 - q0, rows * W, 1, cols, wide_dy, ld, cols, cols0 + q0 * ld,
+              ld, 1, dwf, dw0 + g * Kg * CKK + q0, CKK)
+    else:
+        for q in range(q0, q1):
+            _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, cols, cols0 + q * ld,
+                       oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, dyf, dy0, OH * OW,
+              cols, cols0 + q0 * ld, ld, 1, dwf, dw0 + g * Kg * CKK + q0, CKK)
 
 
 @pnjit
 def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
                              x,     # IN  (N, C, H, W)
                              dw_,   # OUT (K, C/g, kh, kw)
-                             cols,  # workspace (C/g*kh*kw, rows*OW)
+                             cols,  # workspace (slots, C/g*kh*kw, rows*OW)
+                             partial,       # per image: (threads, K, C/g*kh*kw)
+                             whole_rows,    # slots (C/g*kh*kw + K/g, rows*W)
+                             per_image,     # a slot per thread, else one
                              kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """dW_g = sum over images and blocks of dY_block . cols^T (added into dW, zeroed
-    first, with beta = 1); each thread takes a share of the lowered rows, which are
-    its columns of dW_g."""
+    """dW_g = sum over images and blocks of dY_block . cols^T (added with beta = 1 into
+    a zeroed dW, or per image into each thread's partial dW, summed in order)."""
     N, C, H, W = x.shape
     K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     Cg, Kg = C // groups, K // groups
-    CKK, K2 = Cg * kh * kw, kh * kw
-    ld = cols.shape[1]
-    block = ld // OW
+    CKK = Cg * kh * kw
+    slot, ld = cols.shape[1] * cols.shape[2], cols.shape[2]
+    block = ld // (W if whole_rows else OW)
     n_blk = _ceil_div(OH, block)
+    n_tasks = N * groups
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW)
-    dyf, xf, dwf, colsf = dy.reshape(-1), x.reshape(-1), dw_.reshape(-1), cols.reshape(-1)
+    dyf, dwf, colsf, partf = dy.reshape(-1), dw_.reshape(-1), cols.reshape(-1), partial.reshape(-1)
+    if per_image:
+        for t in prange(n_threads):
+            partf[t * K * CKK:(t + 1) * K * CKK] = 0
+            for task in range(t, n_tasks, n_threads):
+                n, g = task // groups, task % groups
+                for blk in range(n_blk):
+                    oh0 = blk * block
+                    rows = min(block, OH - oh0)
+                    if whole_rows:
+                        _widen_rows(dyf, (n * K + g * Kg) * OH * OW + oh0 * OW, OH * OW, Kg,
+                                    rows, OW, colsf, t * slot + CKK * ld, ld, W)
+                    _bwd_weight_block(dy, x, partf, t * K * CKK, colsf, t * slot, ld,
+                                      t * slot + CKK * ld, n, g, 0, CKK, oh0, rows, pointwise,
+                                      whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+        for k in prange(K):
+            for q in range(CKK):
+                total = partf[k * CKK + q]
+                for t in range(1, n_threads):
+                    total += partf[(t * K + k) * CKK + q]
+                dwf[k * CKK + q] = total
+        return
     for k in prange(K):
         dwf[k * CKK:(k + 1) * CKK] = 0
     for n in range(N):
@@ -384,22 +550,15 @@ def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
             for blk in range(n_blk):
                 oh0 = blk * block
                 rows = min(block, OH - oh0)
-                dy0 = (n * K + g * Kg) * OH * OW + oh0 * OW
+                if whole_rows:
+                    _widen_rows(dyf, (n * K + g * Kg) * OH * OW + oh0 * OW, OH * OW, Kg, rows,
+                                OW, colsf, CKK * ld, ld, W)
                 for t in prange(n_threads):
-                    q0 = _share(CKK, t, n_threads)
-                    q1 = _share(CKK, t + 1, n_threads)
-                    if q1 == q0:
-                        continue
-                    if pointwise:
-                        _gemm(False, True, Kg, q1 - q0, rows * OW, 1, dyf, dy0, OH * OW,
-                              xf, (n * C + g * Cg + q0) * H * W + oh0 * W, H * W, 1,
-                              dwf, g * Kg * CKK + q0, CKK)
-                        continue
-                    for q in range(q0, q1):
-                        _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, colsf, q * ld,
-                                   oh0, rows, OW, sh, sw, pt, pl, dh, dw)
-                    _gemm(False, True, Kg, q1 - q0, rows * OW, 1, dyf, dy0, OH * OW,
-                          colsf, q0 * ld, ld, 1, dwf, g * Kg * CKK + q0, CKK)
+                    if _share(CKK, t + 1, n_threads) > _share(CKK, t, n_threads):
+                        _bwd_weight_block(dy, x, dwf, 0, colsf, 0, ld, CKK * ld, n, g,
+                                          _share(CKK, t, n_threads),
+                                          _share(CKK, t + 1, n_threads), oh0, rows, pointwise,
+                                          whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
 # ---------------------------------------------------------------------------

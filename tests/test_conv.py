@@ -10,7 +10,7 @@ from fastconv.shapes import conv2d_geometry
 
 import oracle
 from configs import TOLERANCE, conv_configs, conv_transpose_configs, config_id, rel_err
-from conftest import backend_algorithms
+from conftest import BACKENDS, backend_algorithms
 
 CONFIGS = conv_configs(80, seed=1)
 
@@ -74,6 +74,50 @@ def test_non_square_kernels(backend, algo, kernel):
     pads = (kernel[0] // 2,) * 2 + (kernel[1] // 2,) * 2
     y = fc.conv2d(x, w, padding=(kernel[0] // 2, kernel[1] // 2), algorithm=algo, backend=backend)
     assert rel_err(y, oracle.conv2d(x, w, None, (1, 1), pads, (1, 1), 1)) <= 1e-10
+
+
+@pytest.mark.parametrize("backend", [b for b in ("cython", "numba") if b in BACKENDS])
+@pytest.mark.parametrize("rows_per_block", [1, None])
+@pytest.mark.parametrize("batch,groups,padding,dilation,per_image", [
+    (1, 1, (2, 0), (1, 1), False),      # one image: its blocks shared by the threads
+    (3, 1, (1, 0), (2, 1), False),      # three images on two threads: shared too
+    (4, 1, (0, 0), (1, 2), True),       # two images per thread
+    (5, 2, (2, 0), (2, 2), True),
+])
+def test_whole_row_lowering_and_both_gradient_schedules(monkeypatch, backend, rows_per_block,
+                                                        batch, groups, padding, dilation,
+                                                        per_image):
+    """Short stride-1 rows without horizontal padding lower as whole input rows, and the
+    gradients take the per-image or the shared schedule: both against the oracle, in
+    blocks of one output row and in one block, and bit for bit the same when repeated."""
+    from fastconv.backends import _workspace
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((batch, 4, 9, 11))
+    w = rng.standard_normal((6, 4 // groups, 3, 4))
+    b = rng.standard_normal(6)
+    kw = dict(padding=padding, dilation=dilation, groups=groups, algorithm="im2col",
+              backend=backend)
+    args = ((1, 1), (padding[0],) * 2 + (padding[1],) * 2, dilation, groups)
+    y_ref = oracle.conv2d(x, w, b, *args)
+    dy = rng.standard_normal(y_ref.shape)
+    refs = oracle.conv2d_backward(dy, x, w, *args)
+    assert _workspace.whole_rows(x.shape, y_ref.shape, 4, 1, 1, 0, dilation[1])
+    assert _workspace.per_image_gradients(batch, groups, 2) == per_image
+    if rows_per_block:
+        monkeypatch.setattr(_workspace, "CACHE_BLOCK", 1)
+    before = fc.get_num_threads()
+    fc.set_num_threads(2)
+    try:
+        x_, w_, b_, dy_ = _cast(np.float32, x, w, b, dy)
+        assert rel_err(fc.conv2d(x_, w_, b_, **kw), y_ref) <= TOLERANCE[np.float32, "im2col"]
+        grads = fc.conv2d_backward(dy_, x_, w_, **kw)
+        again = fc.conv2d_backward(dy_, x_, w_, **kw)
+    finally:
+        fc.set_num_threads(before)
+    for grad, ref, repeat in zip(grads, refs, again):
+        assert rel_err(grad, ref) <= TOLERANCE[np.float32, "im2col"]
+        assert np.array_equal(grad, repeat)
 
 
 @pytest.mark.parametrize("config", conv_transpose_configs(40, seed=2), ids=config_id)

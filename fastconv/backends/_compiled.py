@@ -11,29 +11,45 @@ import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS
 from . import kernel_blas_single_threaded
-from ._workspace import im2col_workspace, winograd_workspace
+from ._workspace import im2col_workspace, per_image_gradients, whole_rows, winograd_workspace
 
 
 def im2col_convolutions(kernels):
     """``(conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col)``."""
 
+    def workspace(w, y_or_dy, x, kh, kw, groups, n_threads, wide, shared=False):
+        """The lowering workspace, (threads or 1 shared, rows, columns); lowering whole rows,
+        W columns per output row and K/g more rows (for the product, or the block of dY
+        laid out the same way)."""
+        cols = im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, shared,
+                                width=x.shape[3] if wide else None,
+                                extra_rows=w.shape[0] // groups if wide else 0)
+        return cols[None] if shared else cols
+
     def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-        cols = im2col_workspace(w, y, kh, kw, groups, n_threads)
+        wide = whole_rows(x.shape, y.shape, kw, sh, sw, pl, dw)
+        cols = workspace(w, y, x, kh, kw, groups, n_threads, wide)
         with kernel_blas_single_threaded():
-            kernels.conv2d_fwd_im2col(x, w, b, y, cols, kh, kw, sh, sw, pt, pl, dh, dw, groups,
-                                      n_threads)
+            kernels.conv2d_fwd_im2col(x, w, b, y, cols, wide, kh, kw, sh, sw, pt, pl, dh, dw,
+                                      groups, n_threads)
 
     def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-        cols = im2col_workspace(w, dy, kh, kw, groups, n_threads, shared=True)
+        wide = whole_rows(dx.shape, dy.shape, kw, sh, sw, pl, dw)
+        per_image = per_image_gradients(dy.shape[0], groups, n_threads)
+        cols = workspace(w, dy, dx, kh, kw, groups, n_threads, wide, shared=not per_image)
         with kernel_blas_single_threaded():
-            kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, kh, kw, sh, sw, pt, pl, dh, dw,
-                                           groups, n_threads)
+            kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, wide, per_image, kh, kw, sh, sw,
+                                           pt, pl, dh, dw, groups, n_threads)
 
     def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-        cols = im2col_workspace(dw_, dy, kh, kw, groups, n_threads, shared=True)
+        wide = whole_rows(x.shape, dy.shape, kw, sh, sw, pl, dw)
+        per_image = per_image_gradients(dy.shape[0], groups, n_threads)
+        cols = workspace(dw_, dy, x, kh, kw, groups, n_threads, wide, shared=not per_image)
+        k, ckk = dw_.shape[0], dw_[0].size
+        partial = np.empty((n_threads, k, ckk) if per_image else (0, 0, 0), dw_.dtype)
         with kernel_blas_single_threaded():
-            kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, kh, kw, sh, sw, pt, pl, dh, dw,
-                                             groups, n_threads)
+            kernels.conv2d_bwd_weight_im2col(dy, x, dw_, cols, partial, wide, per_image, kh, kw,
+                                             sh, sw, pt, pl, dh, dw, groups, n_threads)
 
     return conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col
 

@@ -16,6 +16,7 @@ import numpy as np
 
 CACHE_BLOCK = 1 << 20
 WINOGRAD_TILES = 256
+WHOLE_ROWS_BELOW = 32
 _limit = int(float(os.environ.get("FASTCONV_WORKSPACE_MB", "64")) * (1 << 20))
 
 
@@ -32,10 +33,12 @@ def set_workspace_limit(nbytes):
     _limit = nbytes
 
 
-def im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, shared=False):
+def im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, shared=False, width=None,
+                     extra_rows=0):
     """Uninitialised lowering buffers for a convolution with weights ``w`` and output
-    (or output gradient) ``y_or_dy``: one (C/g*kh*kw, rows*OW) block per thread,
-    as (threads, C/g*kh*kw, rows*OW), or one block that the threads share.
+    (or output gradient) ``y_or_dy``: one (C/g*kh*kw + extra_rows, rows*width) block
+    per thread, as (threads, ...), or one block that the threads share; ``width`` is
+    the output width unless the kernels lower whole input rows (``whole_rows``).
 
     A per-thread block is cache-sized and small enough that every thread gets
     one when there are few images; a shared block is as large as the caches of
@@ -44,16 +47,32 @@ def im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, shared=False):
     (a 1x1 stride-1 convolution) pays nothing for them.
     """
     n, _, oh, ow = y_or_dy.shape
-    ckk = w.shape[1] * kh * kw
-    row_bytes = max(ckk * ow * w.dtype.itemsize, 1)
+    width = ow if width is None else width
+    ckk = w.shape[1] * kh * kw + extra_rows
+    row_bytes = max(ckk * width * w.dtype.itemsize, 1)
     if shared:
         rows = min(CACHE_BLOCK * n_threads, _limit) // row_bytes
-        return np.empty((ckk, max(1, min(rows, oh)) * ow), dtype=w.dtype)
+        return np.empty((ckk, max(1, min(rows, oh)) * width), dtype=w.dtype)
     rows = min(CACHE_BLOCK, _limit // n_threads) // row_bytes
     tasks_per_image = -(-n_threads // max(n * groups, 1))
     rows = max(1, min(rows, -(-oh // tasks_per_image), oh))
-    return np.empty((n_threads, ckk, rows * ow), dtype=w.dtype)
+    return np.empty((n_threads, ckk, rows * width), dtype=w.dtype)
 
+
+def whole_rows(x_shape, y_shape, kw, sh, sw, pl, dw):
+    """Whether the im2col kernels lower whole input rows: for stride-1 convolutions
+    without horizontal padding whose output rows are shorter than ``WHOLE_ROWS_BELOW``
+    pixels, where copying row by row costs more than the product's W/OW extra columns."""
+    return sh == 1 and sw == 1 and pl == 0 and kw > 1 and \
+        y_shape[3] == x_shape[3] - (kw - 1) * dw and y_shape[3] < WHOLE_ROWS_BELOW
+
+
+def per_image_gradients(n, groups, n_threads):
+    """Whether the im2col gradients share the images (times groups) out among the
+    threads, rather than each block of one image: when every thread gets as many as
+    every other, or at least four (the kernels describe both schedules)."""
+    tasks = n * groups
+    return tasks % n_threads == 0 or tasks >= 4 * n_threads
 
 
 def winograd_workspace(alpha, c_per_group, k_per_group, n_tiles, dtype, lanes):
