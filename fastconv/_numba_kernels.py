@@ -699,7 +699,11 @@ def conv2d_bwd_weight_direct(dy,   # IN  (N, K, OH, OW)
 # The transforms work on TV tiles at once, the innermost loop running over
 # them, so that the compiler vectorises the small matrix products; a zero
 # coefficient of B^T or A^T is skipped. (Their scratch arrays d, tmp come from
-# the caller: Numba has no stack arrays.)
+# the caller: Numba has no stack arrays.) The lane loops run to the scratch
+# arrays' last extent rather than to the constant TV: with a constant trip
+# count LLVM unrolls them fully and, unable to tell the scratch arrays apart,
+# leaves scalar code (vmulss/vaddss); a count known only at run time gets the
+# loop vectoriser, which checks the overlap once and runs vmulps/vaddps.
 
 TV = 16         # tiles transformed together, the vector lanes
 ALPHA_MAX = 8   # alpha of F(6x6, 3x3)
@@ -711,10 +715,11 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
                     d, tmp, ih0, iw0):
     """v[v0 + (a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c."""
     alpha, H, W = bt.shape[0], x.shape[2], x.shape[3]
+    lanes = d.shape[2]      # TV, read at run time (see the note above TV)
     for g0 in range(_ceil_div(nt, TV)):
         l0 = g0 * TV
         # corner of each lane's input tile; a lane past the last tile reads nothing
-        for l in range(TV):
+        for l in range(lanes):
             ih0[l] = (tile0 + l0 + l) // tiles_w * m - pt if l0 + l < nt else -ALPHA_MAX - H
             iw0[l] = (tile0 + l0 + l) % tiles_w * m - pl
         for c in range(n_c):
@@ -722,7 +727,7 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
             # gather the input tiles, zero outside the input
             for r in range(alpha):
                 for s in range(alpha):
-                    for l in range(TV):
+                    for l in range(lanes):
                         ih = ih0[l] + r
                         iw = iw0[l] + s
                         if 0 <= ih < H and 0 <= iw < W:
@@ -732,23 +737,23 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
             # tmp = B^T d
             for a in range(alpha):
                 for s in range(alpha):
-                    for l in range(TV):
+                    for l in range(lanes):
                         tmp[a, s, l] = 0
                 for r in range(alpha):
                     coef = bt[a, r]
                     if coef != 0:
                         for s in range(alpha):
-                            for l in range(TV):
+                            for l in range(lanes):
                                 tmp[a, s, l] += coef * d[r, s, l]
             # V = tmp B, scattered to the GEMM layout
             for a in range(alpha):
                 for b2 in range(alpha):
-                    for l in range(TV):
+                    for l in range(lanes):
                         d[a, b2, l] = 0
                     for s in range(alpha):
                         coef = bt[b2, s]
                         if coef != 0:
-                            for l in range(TV):
+                            for l in range(lanes):
                                 d[a, b2, l] += tmp[a, s, l] * coef
                     for l in range(min(TV, nt - l0)):
                         v[_u(v0 + (a * alpha + b2) * plane + c * ld + l0 + l)] = d[a, b2, l]
@@ -759,10 +764,11 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, n, k0, n_k, at, tile0, nt, til
                      mv, tmp, oh0, ow0):
     """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, M[a, b] = mm[mm0 + (a*alpha + b)*plane + k*ld + l]."""
     m, alpha, OH, OW = at.shape[0], at.shape[1], y.shape[2], y.shape[3]
+    lanes = mv.shape[2]     # TV, read at run time (see the note above TV)
     for g0 in range(_ceil_div(nt, TV)):
         l0 = g0 * TV
         nl = min(TV, nt - l0)
-        for l in range(TV):
+        for l in range(lanes):
             oh0[l] = (tile0 + l0 + l) // tiles_w * m
             ow0[l] = (tile0 + l0 + l) % tiles_w * m
         for k in range(n_k):
@@ -770,28 +776,28 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, n, k0, n_k, at, tile0, nt, til
                 for b2 in range(alpha):
                     for l in range(nl):
                         mv[a, b2, l] = mm[_u(mm0 + (a * alpha + b2) * plane + k * ld + l0 + l)]
-                    for l in range(nl, TV):
+                    for l in range(nl, lanes):
                         mv[a, b2, l] = 0
             # tmp = A^T M
             for i in range(m):
                 for b2 in range(alpha):
-                    for l in range(TV):
+                    for l in range(lanes):
                         tmp[i, b2, l] = 0
                 for a in range(alpha):
                     coef = at[i, a]
                     if coef != 0:
                         for b2 in range(alpha):
-                            for l in range(TV):
+                            for l in range(lanes):
                                 tmp[i, b2, l] += coef * mv[a, b2, l]
             # Y = tmp A + bias
             for i in range(m):
                 for j in range(m):
-                    for l in range(TV):
+                    for l in range(lanes):
                         mv[i, j, l] = bias[k0 + k]
                     for b2 in range(alpha):
                         coef = at[j, b2]
                         if coef != 0:
-                            for l in range(TV):
+                            for l in range(lanes):
                                 mv[i, j, l] += tmp[i, b2, l] * coef
             out = y[n, k0 + k]
             for l in range(nl):
