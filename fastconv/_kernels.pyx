@@ -130,6 +130,12 @@ cdef void _lower_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c,
             if sw == 1:     # a contiguous copy, which the compiler vectorises
                 for ow in range(ow0, ow1):
                     dst[ow] = row[ow + iw0]
+            elif sw == 2:   # constant strides: gcc vectorises them with shuffles
+                for ow in range(ow0, ow1):
+                    dst[ow] = row[ow * 2 + iw0]
+            elif sw == 4:
+                for ow in range(ow0, ow1):
+                    dst[ow] = row[ow * 4 + iw0]
             else:
                 for ow in range(ow0, ow1):
                     dst[ow] = row[ow * sw + iw0]

@@ -147,6 +147,12 @@ def _lower_row(x, n, c, i, j, dst, dst0, oh0, rows, OW, sh, sw, pt, pl, dh, dw):
             if sw == 1:     # a contiguous copy, which the compiler vectorises
                 for ow in range(ow0, ow1):
                     dst[_u(dst0 + ow)] = xrow[_u(ow + iw0)]
+            elif sw == 2:   # constant strides: gcc vectorises them with shuffles (LLVM: gathers)
+                for ow in range(ow0, ow1):
+                    dst[_u(dst0 + ow)] = xrow[_u(ow * 2 + iw0)]
+            elif sw == 4:
+                for ow in range(ow0, ow1):
+                    dst[_u(dst0 + ow)] = xrow[_u(ow * 4 + iw0)]
             else:
                 for ow in range(ow0, ow1):
                     dst[_u(dst0 + ow)] = xrow[_u(ow * sw + iw0)]
