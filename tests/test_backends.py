@@ -213,3 +213,15 @@ def test_cold_start_imports_no_backend_it_does_not_use(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          cwd=tmp_path)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_forward_blocks_give_every_thread_a_like_share_of_rows():
+    from fastconv.backends._workspace import balanced_rows
+
+    assert balanced_rows(56, 18, 1, 2) == 14      # 4 x 14: 28 rows each, not 36 and 20
+    assert balanced_rows(55, 13, 1, 2) == 7       # 8 blocks: 28 and 27 rows
+    assert balanced_rows(112, 15, 1, 2) == 14
+    assert balanced_rows(10, 100, 1, 2) == 5      # one image, two threads: halves
+    assert balanced_rows(224, 2, 1, 2) == 2       # already even
+    assert balanced_rows(56, 18, 4, 2) == 18      # images enough to share: cache-sized
+    assert balanced_rows(0, 5, 1, 2) == 1
