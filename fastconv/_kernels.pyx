@@ -318,7 +318,10 @@ cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
                     bint whole_rows, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                     Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                     Py_ssize_t groups) noexcept nogil:
-    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1."""
+    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1.
+
+    The block starts as the bias and the product is added onto it (beta = 1): with
+    beta = 0 BLAS would first make a pass of its own to zero it."""
     cdef Py_ssize_t Cg = x.shape[1] // groups, Kg = y.shape[1] // groups, CKK = Cg * kh * kw
     cdef Py_ssize_t HW = x.shape[2] * x.shape[3], OHW = y.shape[2] * y.shape[3], OW = y.shape[3]
     cdef Py_ssize_t W = x.shape[3], K2 = kh * kw, k, p, q, r, ow
@@ -329,26 +332,28 @@ cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
             _copy_run(&x[n, g * Cg + q // K2, 0, 0], HW,
                       _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols + q * ld,
                       rows * W)
-        _gemm(False, False, Kg, rows * W, CKK, 1, &w[g * Kg, 0, 0, 0], CKK, cols, ld, 0,
+        for k in range(Kg):
+            for p in range(rows * W):
+                product[k * ld + p] = b[g * Kg + k]
+        _gemm(False, False, Kg, rows * W, CKK, 1, &w[g * Kg, 0, 0, 0], CKK, cols, ld, 1,
               product, ld)
         for k in range(Kg):
             for r in range(rows):
                 yk = &y[n, g * Kg + k, oh0 + r, 0]
                 for ow in range(OW):
-                    yk[ow] = product[k * ld + r * W + ow] + b[g * Kg + k]
+                    yk[ow] = product[k * ld + r * W + ow]
         return
-    if pointwise:
-        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-              &x[n, g * Cg, oh0, 0], HW, 0, &y[n, g * Kg, oh0, 0], OHW)
-    else:
-        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-              cols, ld, 0, &y[n, g * Kg, oh0, 0], OHW)
-    # bias, while the block is still in cache
     for k in range(g * Kg, (g + 1) * Kg):
         yk = &y[n, k, oh0, 0]
         for p in range(rows * OW):
-            yk[p] = yk[p] + b[k]
+            yk[p] = b[k]
+    if pointwise:
+        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+              &x[n, g * Cg, oh0, 0], HW, 1, &y[n, g * Kg, oh0, 0], OHW)
+    else:
+        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
+              cols, ld, 1, &y[n, g * Kg, oh0, 0], OHW)
 
 
 # Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:

@@ -313,7 +313,10 @@ def _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW):
 @njit
 def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise, whole_rows,
               kh, kw, sh, sw, pt, pl, dh, dw, groups):
-    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1."""
+    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1.
+
+    The block starts as the bias and the product is added onto it (beta = 1): with
+    beta = 0 BLAS would first make a pass of its own to zero it."""
     Cg, Kg = x.shape[1] // groups, y.shape[1] // groups
     CKK = Cg * kh * kw
     C, K, H, W, OH, OW = x.shape[1], y.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3]
@@ -325,27 +328,29 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise, whole_rows,
             _copy_run(xf, (n * C + g * Cg + q // (kh * kw)) * HW, HW,
                       _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols, q * ld, rows * W)
         product = CKK * ld
-        _gemm(False, False, Kg, rows * W, CKK, 1, wf, g * Kg * CKK, CKK, cols, 0, ld, 0,
+        for k in range(Kg):
+            for p in range(rows * W):
+                cols[_u(product + k * ld + p)] = b[g * Kg + k]
+        _gemm(False, False, Kg, rows * W, CKK, 1, wf, g * Kg * CKK, CKK, cols, 0, ld, 1,
               cols, product, ld)
         for k in range(Kg):
             for r in range(rows):
                 yk = y0 + k * OHW + r * OW
                 at = product + k * ld + r * W
                 for ow in range(OW):
-                    yf[_u(yk + ow)] = cols[_u(at + ow)] + b[g * Kg + k]
+                    yf[_u(yk + ow)] = cols[_u(at + ow)]
         return
-    if pointwise:
-        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
-              xf, (n * C + g * Cg) * HW + oh0 * W, HW, 0, yf, y0, OHW)
-    else:
-        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
-              cols, 0, ld, 0, yf, y0, OHW)
-    # bias, while the block is still in cache
     for k in range(g * Kg, (g + 1) * Kg):
         yk = (n * K + k) * OHW + oh0 * OW
         for p in range(rows * OW):
-            yf[_u(yk + p)] = yf[_u(yk + p)] + b[k]
+            yf[_u(yk + p)] = b[k]
+    if pointwise:
+        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
+              xf, (n * C + g * Cg) * HW + oh0 * W, HW, 1, yf, y0, OHW)
+    else:
+        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
+              cols, 0, ld, 1, yf, y0, OHW)
 
 
 # Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
