@@ -107,14 +107,20 @@ def cmd_bench(args):
                     ratios.setdefault(backend, []).append(ratio)
         for backend, values in ratios.items():
             print(f"  {backend:<8} geometric mean of the ratio to torch {_gmean(values):6.3f}")
-    if pool_layers:
-        print(f"\n{'pooling':<24} {'backend':<8} {'':<10} {'time ms':>9} {'GB/s':>8} {'vs torch':>8}")
-    for layer in pool_layers:
-        for i, (backend, seconds, gbs, ratio) in enumerate(
-                bench.run_pool(layer, names, args.rounds, n_threads)):
-            label = layer.name if i == 0 else ""
-            print(f"{label:<24} {backend:<8} {'':<10} {seconds * 1e3:9.3f} {gbs:8.1f} "
-                  f"{_fmt_ratio(ratio)}", flush=True)
+    for direction in passes if pool_layers else []:
+        title = "pooling" if direction == "forward" else "pooling backward"
+        print(f"\n{title:<24} {'backend':<8} {'':<10} {'time ms':>9} {'GB/s':>8} {'vs torch':>8}")
+        ratios = {}
+        for layer in pool_layers:
+            for i, (backend, seconds, gbs, ratio) in enumerate(bench.run_pool(
+                    layer, names, args.rounds, n_threads, direction == "backward")):
+                label = layer.name if i == 0 else ""
+                print(f"{label:<24} {backend:<8} {'':<10} {seconds * 1e3:9.3f} {gbs:8.1f} "
+                      f"{_fmt_ratio(ratio)}", flush=True)
+                if ratio and backend != "torch":
+                    ratios.setdefault(backend, []).append(ratio)
+        for backend, values in ratios.items():
+            print(f"  {backend:<8} geometric mean of the ratio to torch {_gmean(values):6.3f}")
     for title, best in results.items():
         _summary(title, best, names)
     return 0

@@ -18,6 +18,7 @@ from cython cimport floating
 from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 import numpy as np
@@ -936,9 +937,10 @@ def _tap_cols(Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pl, Py_ssi
 
 def _avg_factors(Py_ssize_t O, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p, Py_ssize_t size,
                  bint count_include_pad, Py_ssize_t override, dtype):
-    """The divisor of average pooling factors into a row and a column part (the
-    window's height and width, clipped as _avg_divisor clips them): its factor along
-    one axis for each output o, or ``override`` (and 1 on the other axis)."""
+    """The divisor of average pooling factors into a row and a column part, PyTorch's
+    window height and width: clipped to the padded input with count_include_pad, else
+    to the input. Its factor along one axis for each output o, or ``override`` (and 1
+    on the other axis)."""
     if override:
         return np.full(O, override, dtype)
     start = np.arange(O) * s - p
@@ -1051,20 +1053,6 @@ def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
                     dx[n, c, at // W, at % W] += dy[n, c, oh, ow]
 
 
-cdef inline Py_ssize_t _avg_divisor(Py_ssize_t h0, Py_ssize_t w0, Py_ssize_t kh, Py_ssize_t kw,
-                                    Py_ssize_t H, Py_ssize_t W, Py_ssize_t pt, Py_ssize_t pl,
-                                    bint count_include_pad,
-                                    Py_ssize_t divisor_override) noexcept nogil:
-    """PyTorch's divisor of the window at (h0, w0): its size clipped to the padded
-    input with count_include_pad, else the input pixels it covers."""
-    cdef Py_ssize_t h1 = min(h0 + kh, H + pt), w1 = min(w0 + kw, W + pl)
-    if divisor_override:
-        return divisor_override
-    if count_include_pad:
-        return (h1 - h0) * (w1 - w0)
-    return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0))
-
-
 def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
                   floating[:, :, :, ::1] y,              # OUT (N, C, OH, OW)
                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -1115,25 +1103,46 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
                   Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                   Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                   bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
-    """Each input pixel receives dL/dY / divisor from every window that covers it."""
+    """Each input pixel receives dL/dY / divisor from every window that covers it.
+
+    The forward's transpose: a row of shares dL/dY / divisor (the same factored
+    divisor) is worked out once per output row, in a scratch row of the plane's,
+    then added tap by tap along the input rows it covers."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane, n, c, oh, ow, h0, w0, ih, iw
-    cdef floating share
+    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, 1, H)
+    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, 1, W)
+    dtype = np.float32 if floating is float else np.float64
+    cdef floating[::1] row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad,
+                                              divisor_override, dtype)
+    cdef floating[::1] col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
+                                              1 if divisor_override else 0, dtype)
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, off
+    cdef floating* share
+    cdef floating* dxrow
+    cdef floating rd
     with nogil:
         for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
             c = plane % C
+            share = <floating*> malloc(OW * sizeof(floating))
             _zero_plane(dx, n, c)
             for oh in range(OH):
                 h0 = oh * sh - pt
+                rd = row_div[oh]
                 for ow in range(OW):
-                    w0 = ow * sw - pl
-                    share = dy[n, c, oh, ow] / _avg_divisor(h0, w0, kh, kw, H, W, pt, pl,
-                                                            count_include_pad, divisor_override)
-                    for ih in range(max(h0, 0), min(h0 + kh, H)):
-                        for iw in range(max(w0, 0), min(w0 + kw, W)):
-                            dx[n, c, ih, iw] += share
+                    share[ow] = dy[n, c, oh, ow] / (rd * col_div[ow])
+                for i in range(rows[oh, 0], rows[oh, 1]):
+                    dxrow = &dx[n, c, h0 + i, 0]
+                    for j in range(kw):
+                        off = j - pl
+                        if sw == 1:     # a known unit stride: contiguous stores
+                            for ow in range(cols[j, 0], cols[j, 1]):
+                                dxrow[ow + off] += share[ow]
+                        else:
+                            for ow in range(cols[j, 0], cols[j, 1]):
+                                dxrow[ow * sw + off] += share[ow]
+            free(share)
 
 
 cdef inline floating _span_sum(const floating* a, Py_ssize_t n) noexcept nogil:

@@ -915,9 +915,10 @@ def _tap_cols(OW, kw, sw, pl, dw, W):
 
 @njit
 def _avg_factors(O, k, s, p, size, count_include_pad, override, dtype):
-    """The divisor of average pooling factors into a row and a column part (the
-    window's height and width, clipped as _avg_divisor clips them): its factor along
-    one axis for each output o, or ``override`` (and 1 on the other axis)."""
+    """The divisor of average pooling factors into a row and a column part, PyTorch's
+    window height and width: clipped to the padded input with count_include_pad, else
+    to the input. Its factor along one axis for each output o, or ``override`` (and 1
+    on the other axis)."""
     out = np.empty(O, dtype)
     for o in range(O):
         start = o * s - p
@@ -1016,18 +1017,6 @@ def maxpool2d_bwd(dy,       # IN  (N, C, OH, OW)
                 dx[n, c, at // W, at % W] += dy[n, c, oh, ow]
 
 
-@njit
-def _avg_divisor(h0, w0, kh, kw, H, W, pt, pl, count_include_pad, divisor_override):
-    """PyTorch's divisor of the window at (h0, w0): its size clipped to the padded
-    input with count_include_pad, else the input pixels it covers."""
-    h1, w1 = min(h0 + kh, H + pt), min(w0 + kw, W + pl)
-    if divisor_override:
-        return divisor_override
-    if count_include_pad:
-        return (h1 - h0) * (w1 - w0)
-    return (min(h1, H) - max(h0, 0)) * (min(w1, W) - max(w0, 0))
-
-
 @pnjit
 def avgpool2d_fwd(x,   # IN  (N, C, H, W)
                   y,   # OUT (N, C, OH, OW)
@@ -1066,23 +1055,34 @@ def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
                   dx,  # OUT (N, C, H, W)
                   kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor_override,
                   n_threads):
-    """Each input pixel receives dL/dY / divisor from every window that covers it."""
+    """Each input pixel receives dL/dY / divisor from every window that covers it.
+
+    The forward's transpose: a row of shares dL/dY / divisor (the same factored
+    divisor) is worked out once per output row, in a scratch row of the plane's,
+    then added tap by tap along the input rows it covers."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
+    rows = _tap_rows(OH, kh, sh, pt, 1, H)
+    cols = _tap_cols(OW, kw, sw, pl, 1, W)
+    row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dx.dtype)
+    col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
+                           1 if divisor_override else 0, dx.dtype)
     for plane in prange(dx.shape[0] * C):
         n = plane // C
         c = plane % C
+        share = np.empty(OW, dx.dtype)
         _zero_plane(dx, n, c)
-        dst = dx[n, c]
         for oh in range(OH):
             h0 = oh * sh - pt
+            rd = row_div[oh]
             for ow in range(OW):
-                w0 = ow * sw - pl
-                share = dy[n, c, oh, ow] / _avg_divisor(h0, w0, kh, kw, H, W, pt, pl,
-                                                        count_include_pad, divisor_override)
-                for ih in range(max(h0, 0), min(h0 + kh, H)):
-                    for iw in range(max(w0, 0), min(w0 + kw, W)):
-                        dst[_u(ih), _u(iw)] += share
+                share[_u(ow)] = dy[n, c, oh, ow] / (rd * col_div[_u(ow)])
+            for i in range(rows[oh, 0], rows[oh, 1]):
+                dxrow = dx[n, c, h0 + i]
+                for j in range(kw):
+                    off = j - pl
+                    for ow in range(cols[j, 0], cols[j, 1]):
+                        dxrow[_u(ow * sw + off)] += share[_u(ow)]
 
 
 @njit

@@ -249,23 +249,51 @@ def _pool_call(layer, module, x, backend=None):
     return lambda: fn(x, **layer.kwargs, **backend)
 
 
-def run_pool(layer, backend_names=None, rounds=5, n_threads=None):
-    """Time one pooling layer: rows of (backend, seconds, GB/s of bytes read + written, ratio)."""
+def _pool_backward_call(layer, x, dy, backend):
+    """fastconv's gradient of the pooling, from dL/dY and X as the functional API takes
+    them (max pooling finds its maxima again)."""
+    name = {"max": "max_pool2d_backward", "avg": "avg_pool2d_backward",
+            "global": "adaptive_avg_pool2d_backward"}[layer.kind]
+    return lambda: getattr(functional, name)(dy, x, **layer.kwargs, backend=backend)
+
+
+def _torch_pool_backward_call(torch, layer, x, dy):
+    """PyTorch's gradient from the same dL/dY and X: its backward kernels, the maxima
+    found by the forward with indices (what its autograd would have saved)."""
+    aten, kw = torch.ops.aten, layer.kwargs
+    if layer.kind == "global":
+        return lambda: aten._adaptive_avg_pool2d_backward(dy, x)
+    k, s, p = [kw["kernel_size"]] * 2, [kw.get("stride", kw["kernel_size"])] * 2, \
+        [kw.get("padding", 0)] * 2
+    if layer.kind == "avg":
+        return lambda: aten.avg_pool2d_backward(dy, x, k, s, p, False, True, None)
+    return lambda: aten.max_pool2d_with_indices_backward(
+        dy, x, k, s, p, [1, 1], False, aten.max_pool2d_with_indices(x, k, s, p)[1])
+
+
+def run_pool(layer, backend_names=None, rounds=5, n_threads=None, backward=False):
+    """Time one pooling layer, forward or backward: rows of (backend, seconds, GB/s of
+    the arrays read and written, ratio). Forward reads X and writes Y; backward
+    reads dL/dY (and X, for max pooling's maxima) and writes dL/dX."""
     n_threads = n_threads or backends.get_num_threads()
     x = layer.array()
-    y_bytes = _pool_call(layer, functional, x, {})().nbytes
-    traffic = (x.nbytes + y_bytes) / 1e9
-    kernel = {"max": "maxpool2d_fwd", "avg": "avgpool2d_fwd",
-              "global": "adaptive_avgpool2d_fwd"}[layer.kind]
+    y = _pool_call(layer, functional, x, {})()
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
+    traffic = (x.nbytes + y.nbytes + (x.nbytes if backward and layer.kind == "max" else 0)) / 1e9
+    kernel = {"max": "maxpool2d", "avg": "avgpool2d", "global": "adaptive_avgpool2d"}[layer.kind] \
+        + ("_bwd" if backward else "_fwd")
     labels, fns = [], []
     torch = _torch(n_threads)
     if torch is not None:
         labels.append("torch")
-        fns.append(_pool_call(layer, torch.nn.functional, torch.from_numpy(x), {}))
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+        fns.append(_torch_pool_backward_call(torch, layer, xt, dyt) if backward
+                   else _pool_call(layer, torch.nn.functional, xt, {}))
     for name in backend_names or backends.available_backends():
         if hasattr(backends.get_backend(name), kernel):
             labels.append(name)
-            fns.append(_pool_call(layer, functional, x, dict(backend=name)))
+            fns.append(_pool_backward_call(layer, x, dy, name) if backward
+                       else _pool_call(layer, functional, x, dict(backend=name)))
     times = best_times(fns, rounds)
     torch_time = times[0] if torch is not None else None
     return [(label, t, traffic / t, torch_time / t if torch_time else None)
