@@ -1202,23 +1202,33 @@ def adaptive_avgpool2d_bwd(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW
     """Each window spreads dL/dY evenly over the pixels it averaged."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane, n, c, oh, ow, h0, h1, w0, w1, ih, iw
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, h1, w0, w1, ih, iw, q
     cdef floating share
+    cdef const floating* means = &dy[0, 0, 0, 0] if dy.shape[0] * C * OH * OW else NULL
+    cdef floating* planes = &dx[0, 0, 0, 0] if dx.shape[0] * C * H * W else NULL
     with nogil:
-        for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
-            n = plane // C
-            c = plane % C
-            _zero_plane(dx, n, c)
-            for oh in range(OH):
-                h0 = oh * H // OH
-                h1 = _ceil_div((oh + 1) * H, OH)
-                for ow in range(OW):
-                    w0 = ow * W // OW
-                    w1 = _ceil_div((ow + 1) * W, OW)
-                    share = dy[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
-                    for ih in range(h0, h1):
-                        for iw in range(w0, w1):
-                            dx[n, c, ih, iw] += share
+        if OH == 1 and OW == 1:
+            # global pooling: plane p, the span dx[p*H*W : (p+1)*H*W], is filled with
+            # dy[p] / (H*W), with no window arithmetic (as the forward)
+            for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
+                share = means[plane] / (H * W)
+                for q in range(plane * H * W, (plane + 1) * H * W):
+                    planes[q] = share
+        else:
+            for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
+                n = plane // C
+                c = plane % C
+                _zero_plane(dx, n, c)
+                for oh in range(OH):
+                    h0 = oh * H // OH
+                    h1 = _ceil_div((oh + 1) * H, OH)
+                    for ow in range(OW):
+                        w0 = ow * W // OW
+                        w1 = _ceil_div((ow + 1) * W, OW)
+                        share = dy[n, c, oh, ow] / ((h1 - h0) * (w1 - w0))
+                        for ih in range(h0, h1):
+                            for iw in range(w0, w1):
+                                dx[n, c, ih, iw] += share
 
 
 # ---------------------------------------------------------------------------

@@ -1142,6 +1142,15 @@ def adaptive_avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
     """Each window spreads dL/dY evenly over the pixels it averaged."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
+    if OH == 1 and OW == 1:
+        # global pooling: plane p, the span dx[p*H*W : (p+1)*H*W], is filled with
+        # dy[p] / (H*W), with no window arithmetic (as the forward)
+        means, planes = dy.reshape(-1), dx.reshape(-1)
+        for plane in prange(dx.shape[0] * C):
+            share = means[plane] / (H * W)
+            for q in range(plane * H * W, (plane + 1) * H * W):
+                planes[_u(q)] = share
+        return
     for plane in prange(dx.shape[0] * C):
         n = plane // C
         c = plane % C
