@@ -65,6 +65,22 @@ def _summary(title, best, names):
                 print(f"  {first} and {second}: at most {max(spread):.2f}x apart")
 
 
+def _rate_section(title, unit, layers, run):
+    """Print ``run(layer)``'s rows (backend, seconds, rate, ratio) for each layer, then
+    each backend's geometric mean of the ratio to torch."""
+    print(f"\n{title:<24} {'backend':<8} {'':<10} {'time ms':>9} {unit:>8} {'vs torch':>8}")
+    ratios = {}
+    for layer in layers:
+        for i, (backend, seconds, rate, ratio) in enumerate(run(layer)):
+            label = layer.name if i == 0 else ""
+            print(f"{label:<24} {backend:<8} {'':<10} {seconds * 1e3:9.3f} {rate:8.1f} "
+                  f"{_fmt_ratio(ratio)}", flush=True)
+            if ratio and backend != "torch":
+                ratios.setdefault(backend, []).append(ratio)
+    for backend, values in ratios.items():
+        print(f"  {backend:<8} geometric mean of the ratio to torch {_gmean(values):6.3f}")
+
+
 def cmd_bench(args):
     if args.threads:
         backends.set_num_threads(args.threads)
@@ -93,34 +109,14 @@ def cmd_bench(args):
                                        direction == "backward")
     transpose_layers = _selected(bench.TRANSPOSE_LAYERS, args.layers)
     for direction in passes if transpose_layers else []:
-        title = f"transposed conv {direction}"
-        print(f"\n{title:<24} {'backend':<8} {'':<10} {'time ms':>9} {'GFLOP/s':>8} "
-              f"{'vs torch':>8}")
-        ratios = {}
-        for layer in transpose_layers:
-            for i, (backend, seconds, gflops, ratio) in enumerate(bench.run_transpose(
-                    layer, names, args.rounds, n_threads, direction == "backward")):
-                label = layer.name if i == 0 else ""
-                print(f"{label:<24} {backend:<8} {'':<10} {seconds * 1e3:9.3f} {gflops:8.1f} "
-                      f"{_fmt_ratio(ratio)}", flush=True)
-                if ratio and backend != "torch":
-                    ratios.setdefault(backend, []).append(ratio)
-        for backend, values in ratios.items():
-            print(f"  {backend:<8} geometric mean of the ratio to torch {_gmean(values):6.3f}")
+        _rate_section(f"transposed conv {direction}", "GFLOP/s", transpose_layers,
+                      lambda layer: bench.run_transpose(layer, names, args.rounds, n_threads,
+                                                        direction == "backward"))
     for direction in passes if pool_layers else []:
-        title = "pooling" if direction == "forward" else "pooling backward"
-        print(f"\n{title:<24} {'backend':<8} {'':<10} {'time ms':>9} {'GB/s':>8} {'vs torch':>8}")
-        ratios = {}
-        for layer in pool_layers:
-            for i, (backend, seconds, gbs, ratio) in enumerate(bench.run_pool(
-                    layer, names, args.rounds, n_threads, direction == "backward")):
-                label = layer.name if i == 0 else ""
-                print(f"{label:<24} {backend:<8} {'':<10} {seconds * 1e3:9.3f} {gbs:8.1f} "
-                      f"{_fmt_ratio(ratio)}", flush=True)
-                if ratio and backend != "torch":
-                    ratios.setdefault(backend, []).append(ratio)
-        for backend, values in ratios.items():
-            print(f"  {backend:<8} geometric mean of the ratio to torch {_gmean(values):6.3f}")
+        _rate_section("pooling" if direction == "forward" else "pooling backward", "GB/s",
+                      pool_layers, lambda layer: bench.run_pool(layer, names, args.rounds,
+                                                                n_threads,
+                                                                direction == "backward"))
     for title, best in results.items():
         _summary(title, best, names)
     return 0
