@@ -318,14 +318,14 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise, whole_rows,
     The block starts as the bias and the product is added onto it (beta = 1): with
     beta = 0 BLAS would first make a pass of its own to zero it."""
     Cg, Kg = x.shape[1] // groups, y.shape[1] // groups
-    CKK = Cg * kh * kw
+    CKK, K2 = Cg * kh * kw, kh * kw
     C, K, H, W, OH, OW = x.shape[1], y.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3]
     HW, OHW = H * W, OH * OW
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
     y0 = (n * K + g * Kg) * OHW + oh0 * OW
     if whole_rows:      # the product, W columns per row, goes to the workspace's last Kg rows
         for q in range(CKK):
-            _copy_run(xf, (n * C + g * Cg + q // (kh * kw)) * HW, HW,
+            _copy_run(xf, (n * C + g * Cg + q // K2) * HW, HW,
                       _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols, q * ld, rows * W)
         product = CKK * ld
         for k in range(Kg):
