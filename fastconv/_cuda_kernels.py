@@ -836,6 +836,15 @@ def maxpool2d_bwd(dy, indices, dx, n_threads):
             (dx,))
 
 
+def maxpool2d_bwd_input(x, dy, dx, kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
+    """The gradient from X: maxpool2d_fwd, then maxpool2d_bwd, with the maxima and their
+    indices left on the device."""
+    indices = empty(dy.shape, np.int64)
+    maxpool2d_fwd(x, empty(dy.shape, dy.dtype), indices, kh, kw, sh, sw, pt, pl, dh, dw,
+                  n_threads)
+    maxpool2d_bwd(dy, indices, dx, n_threads)
+
+
 def avgpool2d_fwd(x, y, kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor_override,
                   n_threads):
     _launch(_avgpool_fwd, y.size, (x, _zero(y.dtype)), (y,), kh, kw, sh, sw, pt, pl,

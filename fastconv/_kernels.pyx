@@ -950,6 +950,66 @@ def _avg_factors(Py_ssize_t O, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p, Py_ssiz
     return (end - start).astype(dtype)
 
 
+cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py_ssize_t lo,
+                         Py_ssize_t hi, Py_ssize_t stride, int64_t at) noexcept nogil:
+    """Windows lo .. hi-1 of an output row take their tap tap[ow*stride], whose flat index
+    is at + ow*stride, if it wins: selects rather than a branch, so that the loop
+    vectorises. A literal unit stride, once inlined, gives contiguous loads; for others
+    gcc's gathers beat the shuffles it makes of a literal 2 (the Numba twin, whose
+    LLVM vectorises only literal strides, also passes 2)."""
+    cdef Py_ssize_t ow
+    cdef floating val
+    cdef bint wins
+    for ow in range(lo, hi):
+        val = tap[ow * stride]
+        wins = (val > yrow[ow]) | (val != val)
+        yrow[ow] = val if wins else yrow[ow]
+        irow[ow] = at + ow * stride if wins else irow[ow]
+
+
+cdef inline void _max_value_tap(const floating* tap, floating* yrow, Py_ssize_t lo,
+                               Py_ssize_t hi, Py_ssize_t stride) noexcept nogil:
+    """_max_tap without the indices."""
+    cdef Py_ssize_t ow
+    cdef floating val
+    for ow in range(lo, hi):
+        val = tap[ow * stride]
+        yrow[ow] = val if (val > yrow[ow]) | (val != val) else yrow[ow]
+
+
+cdef void _max_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c, Py_ssize_t oh,
+                   floating* yrow, int64_t* irow, const Py_ssize_t[:, ::1] rows,
+                   const Py_ssize_t[:, ::1] cols, const int64_t[::1] first, Py_ssize_t kw,
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
+                   Py_ssize_t dw) noexcept nogil:
+    """The maxima of output row oh of plane (n, c) and their flat indices, ih*W + iw.
+
+    The row takes the taps one at a time, in row-major order, across all its
+    windows at once, so every window sees its taps in the same order as a scan of
+    it alone would, and the inner loop over contiguous outputs vectorises."""
+    cdef Py_ssize_t W = x.shape[3], ow, i, j, ih, off
+    cdef const floating* xrow
+    ih = oh * sh - pt + rows[oh, 0] * dh
+    for ow in range(first.shape[0]):
+        yrow[ow] = -INFINITY
+        irow[ow] = ih * W + first[ow]
+    for i in range(rows[oh, 0], rows[oh, 1]):
+        ih = oh * sh - pt + i * dh
+        xrow = &x[n, c, ih, 0]
+        for j in range(kw):
+            off = j * dw - pl
+            if sw == 1:     # a known unit stride: contiguous loads
+                _max_tap(xrow + off, yrow, irow, cols[j, 0], cols[j, 1], 1, ih * W + off)
+            else:
+                _max_tap(xrow + off, yrow, irow, cols[j, 0], cols[j, 1], sw, ih * W + off)
+
+
+def _first_taps(Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t dw):
+    """Flat index, within its row, of each window's first tap inside the input."""
+    return np.array([ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw for ow in range(OW)],
+                    np.int64)
+
+
 def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
                   floating[:, :, :, ::1] y,              # OUT (N, C, OH, OW)
                   int64_t[:, :, :, ::1] indices,         # OUT (N, C, OH, OW): ih*W + iw of the max
@@ -957,43 +1017,53 @@ def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
                   Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw, int n_threads):
     """y = max over each window with PyTorch's CPU rule: scanning a window row-major,
     a strictly larger value or any NaN replaces the maximum, which starts at -inf on
-    the window's first pixel inside the input (so a window of -inf indexes that).
-
-    An output row takes the taps one at a time, in that row-major order, across all
-    its windows at once, so every window sees its taps in the same order as a scan
-    of it alone would, and the inner loop over contiguous outputs vectorises."""
-    cdef Py_ssize_t C = x.shape[1], W = x.shape[3], OH = y.shape[2], OW = y.shape[3]
+    the window's first pixel inside the input (so a window of -inf indexes that)."""
+    cdef Py_ssize_t C = x.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, W)
-    # flat index, within its row, of each window's first tap inside the input
-    cdef int64_t[::1] first = np.array([ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw
-                                        for ow in range(OW)], np.int64)
-    cdef Py_ssize_t plane, n, c, oh, ow, i, j, ih, off
-    cdef const floating* xrow
-    cdef floating* yrow
-    cdef int64_t* irow
-    cdef floating val
+    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
+    cdef int64_t[::1] first = _first_taps(OW, kw, sw, pl, dw)
+    cdef Py_ssize_t plane, n, c, oh
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
             c = plane % C
             for oh in range(OH):
-                yrow = &y[n, c, oh, 0]
-                irow = &indices[n, c, oh, 0]
-                ih = oh * sh - pt + rows[oh, 0] * dh
+                _max_row(x, n, c, oh, &y[n, c, oh, 0], &indices[n, c, oh, 0], rows, cols, first,
+                         kw, sh, sw, pt, pl, dh, dw)
+
+
+def maxpool2d_bwd_input(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
+                        const floating[:, :, :, ::1] dy,   # IN  (N, C, OH, OW)
+                        floating[:, :, :, ::1] dx,         # OUT (N, C, H, W)
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                        int n_threads):
+    """maxpool2d_fwd then maxpool2d_bwd in one pass over X (the gradient from X rather
+    than from kept indices): each output row's maxima and indices go to scratch rows
+    of the plane's, and the row's gradients straight to them. Nothing of the size of
+    Y is written, and the plane of dX being added into stays in cache."""
+    cdef Py_ssize_t C = x.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
+    cdef int64_t[::1] first = _first_taps(OW, kw, sw, pl, dw)
+    cdef Py_ssize_t plane, n, c, oh, ow
+    cdef floating* best
+    cdef int64_t* at
+    cdef floating* dxp
+    with nogil:
+        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
+            n = plane // C
+            c = plane % C
+            best = <floating*> malloc(OW * sizeof(floating))
+            at = <int64_t*> malloc(OW * sizeof(int64_t))
+            _zero_plane(dx, n, c)
+            dxp = &dx[n, c, 0, 0]       # an index is a flat offset into the plane
+            for oh in range(OH):
+                _max_row(x, n, c, oh, best, at, rows, cols, first, kw, sh, sw, pt, pl, dh, dw)
                 for ow in range(OW):
-                    yrow[ow] = -INFINITY
-                    irow[ow] = ih * W + first[ow]
-                for i in range(rows[oh, 0], rows[oh, 1]):
-                    ih = oh * sh - pt + i * dh
-                    xrow = &x[n, c, ih, 0]
-                    for j in range(kw):
-                        off = j * dw - pl
-                        for ow in range(cols[j, 0], cols[j, 1]):
-                            val = xrow[ow * sw + off]
-                            if val > yrow[ow] or val != val:
-                                yrow[ow] = val
-                                irow[ow] = ih * W + ow * sw + off
+                    dxp[at[ow]] += dy[n, c, oh, ow]
+            free(best)
+            free(at)
 
 
 def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -1012,7 +1082,6 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef Py_ssize_t plane, n, c, oh, ow, i, j, off
     cdef const floating* xrow
     cdef floating* yrow
-    cdef floating val
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
@@ -1026,13 +1095,9 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                     for j in range(kw):
                         off = j * dw - pl
                         if sw == 1:     # a known unit stride: contiguous loads
-                            for ow in range(cols[j, 0], cols[j, 1]):
-                                val = xrow[ow + off]
-                                yrow[ow] = val if val > yrow[ow] or val != val else yrow[ow]
+                            _max_value_tap(xrow + off, yrow, cols[j, 0], cols[j, 1], 1)
                         else:
-                            for ow in range(cols[j, 0], cols[j, 1]):
-                                val = xrow[ow * sw + off]
-                                yrow[ow] = val if val > yrow[ow] or val != val else yrow[ow]
+                            _max_value_tap(xrow + off, yrow, cols[j, 0], cols[j, 1], sw)
 
 
 def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
@@ -1040,17 +1105,21 @@ def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
                   floating[:, :, :, ::1] dx,             # OUT (N, C, H, W)
                   int n_threads):
     """Each window's gradient goes to its maximum; overlapping windows add up."""
-    cdef Py_ssize_t C = dx.shape[1], W = dx.shape[3], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane, n, c, oh, ow, at
+    cdef Py_ssize_t C = dx.shape[1], OHW = dy.shape[2] * dy.shape[3]
+    cdef Py_ssize_t plane, n, c, p
+    cdef floating* dxp
+    cdef const floating* dyp
+    cdef const int64_t* ip
     with nogil:
         for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
             c = plane % C
             _zero_plane(dx, n, c)
-            for oh in range(OH):
-                for ow in range(OW):
-                    at = indices[n, c, oh, ow]
-                    dx[n, c, at // W, at % W] += dy[n, c, oh, ow]
+            dxp = &dx[n, c, 0, 0]       # an index is a flat offset into the plane
+            dyp = &dy[n, c, 0, 0]
+            ip = &indices[n, c, 0, 0]
+            for p in range(OHW):
+                dxp[ip[p]] += dyp[p]
 
 
 def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)

@@ -929,6 +929,61 @@ def _avg_factors(O, k, s, p, size, count_include_pad, override, dtype):
     return out
 
 
+@njit
+def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
+    """Windows lo .. hi-1 of an output row take their tap xrow[off + ow*stride], whose flat
+    index is at + ow*stride, if it wins: selects rather than a branch, so that the loop
+    vectorises. LLVM vectorises literal strides only, once inlined: 1 and 2 are passed
+    as such (gcc, for the Cython twin, does better with a variable 2)."""
+    for ow in range(lo, hi):
+        val = xrow[_u(off + ow * stride)]
+        wins = (val > yrow[_u(ow)]) | (val != val)
+        yrow[_u(ow)] = val if wins else yrow[_u(ow)]
+        irow[_u(ow)] = at + ow * stride if wins else irow[_u(ow)]
+
+
+@njit
+def _max_value_tap(xrow, off, yrow, lo, hi, stride):
+    """_max_tap without the indices."""
+    for ow in range(lo, hi):
+        val = xrow[_u(off + ow * stride)]
+        yrow[_u(ow)] = val if (val > yrow[_u(ow)]) | (val != val) else yrow[_u(ow)]
+
+
+@njit
+def _max_row(x, n, c, oh, yrow, irow, rows, cols, first, kw, sh, sw, pt, pl, dh, dw):
+    """The maxima of output row oh of plane (n, c) and their flat indices, ih*W + iw.
+
+    The row takes the taps one at a time, in row-major order, across all its
+    windows at once, so every window sees its taps in the same order as a scan of
+    it alone would, and the inner loop over contiguous outputs vectorises."""
+    W = x.shape[3]
+    ih = oh * sh - pt + rows[oh, 0] * dh
+    for ow in range(first.shape[0]):
+        yrow[ow] = -np.inf
+        irow[ow] = ih * W + first[ow]
+    for i in range(rows[oh, 0], rows[oh, 1]):
+        ih = oh * sh - pt + i * dh
+        xrow = x[n, c, ih]
+        for j in range(kw):
+            off = j * dw - pl
+            if sw == 1:     # known strides: contiguous loads, or shuffles
+                _max_tap(xrow, off, yrow, irow, cols[j, 0], cols[j, 1], 1, ih * W + off)
+            elif sw == 2:
+                _max_tap(xrow, off, yrow, irow, cols[j, 0], cols[j, 1], 2, ih * W + off)
+            else:
+                _max_tap(xrow, off, yrow, irow, cols[j, 0], cols[j, 1], sw, ih * W + off)
+
+
+@njit
+def _first_taps(OW, kw, sw, pl, dw):
+    """Flat index, within its row, of each window's first tap inside the input."""
+    first = np.empty(OW, np.int64)
+    for ow in range(OW):
+        first[ow] = ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw
+    return first
+
+
 @pnjit
 def maxpool2d_fwd(x,        # IN  (N, C, H, W)
                   y,        # OUT (N, C, OH, OW)
@@ -936,39 +991,43 @@ def maxpool2d_fwd(x,        # IN  (N, C, H, W)
                   kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
     """y = max over each window with PyTorch's CPU rule: scanning a window row-major,
     a strictly larger value or any NaN replaces the maximum, which starts at -inf on
-    the window's first pixel inside the input (so a window of -inf indexes that).
-
-    An output row takes the taps one at a time, in that row-major order, across all
-    its windows at once, so every window sees its taps in the same order as a scan
-    of it alone would, and the inner loop over contiguous outputs vectorises."""
-    C, W, OH, OW = x.shape[1], x.shape[3], y.shape[2], y.shape[3]
+    the window's first pixel inside the input (so a window of -inf indexes that)."""
+    C, OH, OW = x.shape[1], y.shape[2], y.shape[3]
     rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cols = _tap_cols(OW, kw, sw, pl, dw, W)
-    # flat index, within its row, of each window's first tap inside the input
-    first = np.empty(OW, np.int64)
-    for ow in range(OW):
-        first[ow] = ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw
+    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
+    first = _first_taps(OW, kw, sw, pl, dw)
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
-        src = x[n, c]
         for oh in range(OH):
-            yrow = y[n, c, oh]
-            irow = indices[n, c, oh]
-            ih = oh * sh - pt + rows[oh, 0] * dh
-            yrow[:] = -np.inf
+            _max_row(x, n, c, oh, y[n, c, oh], indices[n, c, oh], rows, cols, first,
+                     kw, sh, sw, pt, pl, dh, dw)
+
+
+@pnjit
+def maxpool2d_bwd_input(x,    # IN  (N, C, H, W)
+                        dy,   # IN  (N, C, OH, OW)
+                        dx,   # OUT (N, C, H, W)
+                        kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
+    """maxpool2d_fwd then maxpool2d_bwd in one pass over X (the gradient from X rather
+    than from kept indices): each output row's maxima and indices go to scratch rows
+    of the plane's, and the row's gradients straight to them. Nothing of the size of
+    Y is written, and the plane of dX being added into stays in cache."""
+    C, OH, OW = x.shape[1], dy.shape[2], dy.shape[3]
+    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
+    first = _first_taps(OW, kw, sw, pl, dw)
+    for plane in prange(x.shape[0] * C):
+        n = plane // C
+        c = plane % C
+        best = np.empty(OW, x.dtype)
+        at = np.empty(OW, np.int64)
+        _zero_plane(dx, n, c)
+        dxp = dx[n, c].reshape(-1)      # an index is a flat offset into the plane
+        for oh in range(OH):
+            _max_row(x, n, c, oh, best, at, rows, cols, first, kw, sh, sw, pt, pl, dh, dw)
             for ow in range(OW):
-                irow[ow] = ih * W + first[ow]
-            for i in range(rows[oh, 0], rows[oh, 1]):
-                ih = oh * sh - pt + i * dh
-                xrow = src[ih]
-                for j in range(kw):
-                    off = j * dw - pl
-                    for ow in range(cols[j, 0], cols[j, 1]):
-                        val = xrow[_u(ow * sw + off)]
-                        if val > yrow[_u(ow)] or val != val:
-                            yrow[_u(ow)] = val
-                            irow[_u(ow)] = ih * W + ow * sw + off
+                dxp[_u(at[ow])] += dy[n, c, oh, ow]
 
 
 @pnjit
@@ -994,10 +1053,12 @@ def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
                 xrow = src[oh * sh - pt + i * dh]
                 for j in range(kw):
                     off = j * dw - pl
-                    for ow in range(cols[j, 0], cols[j, 1]):
-                        val = xrow[_u(ow * sw + off)]
-                        best = yrow[_u(ow)]
-                        yrow[_u(ow)] = val if val > best or val != val else best
+                    if sw == 1:     # known strides: contiguous loads, or shuffles
+                        _max_value_tap(xrow, off, yrow, cols[j, 0], cols[j, 1], 1)
+                    elif sw == 2:
+                        _max_value_tap(xrow, off, yrow, cols[j, 0], cols[j, 1], 2)
+                    else:
+                        _max_value_tap(xrow, off, yrow, cols[j, 0], cols[j, 1], sw)
 
 
 @pnjit
@@ -1006,15 +1067,16 @@ def maxpool2d_bwd(dy,       # IN  (N, C, OH, OW)
                   dx,       # OUT (N, C, H, W)
                   n_threads):
     """Each window's gradient goes to its maximum; overlapping windows add up."""
-    C, W, OH, OW = dx.shape[1], dx.shape[3], dy.shape[2], dy.shape[3]
+    C, OHW = dx.shape[1], dy.shape[2] * dy.shape[3]
     for plane in prange(dx.shape[0] * C):
         n = plane // C
         c = plane % C
         _zero_plane(dx, n, c)
-        for oh in range(OH):
-            for ow in range(OW):
-                at = indices[n, c, oh, ow]
-                dx[n, c, at // W, at % W] += dy[n, c, oh, ow]
+        dxp = dx[n, c].reshape(-1)      # an index is a flat offset into the plane
+        dyp = dy[n, c].reshape(-1)
+        ip = indices[n, c].reshape(-1)
+        for p in range(OHW):
+            dxp[_u(ip[p])] += dyp[p]
 
 
 @pnjit

@@ -464,10 +464,14 @@ def max_pool2d_backward(grad_out, x, kernel_size, stride=None, padding=0, dilati
            [0., 1.]])
     """
     op = "max_pool2d_backward"
-    module, g, y, indices = _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                      backend, op)
-    grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, y)
-    return _max_pool2d_scatter(grad_out, indices, g.x_shape, _backends.backend_name(module))
+    x, g = _shapes.pool2d_geometry(x, kernel_size, stride, padding, dilation, ceil_mode, op)
+    module = _backend_for(backend, "maxpool2d_bwd_input", op, x, grad_out)
+    grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.y_shape, x)
+    x, grad_out = _contiguous(x, grad_out)
+    grad_x = _alloc(g.x_shape, x.dtype, x)
+    _kernel(module, "maxpool2d_bwd_input", op)(x, grad_out, grad_x, *g.kernel_args(),
+                                               _backends.get_num_threads())
+    return grad_x
 
 
 def _avg_pool_setup(x, kernel_size, stride, padding, ceil_mode, count_include_pad,

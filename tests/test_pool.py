@@ -113,6 +113,10 @@ def test_max_pool_nan_inf_and_ties(backend, channels):
     assert gx[0, 0, 2, 0] == 1.0 and gx[0, 0, 3, 1] == 0.0 and gx[0, 0, 1, 0] == 1.0
 
 
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
 @pytest.mark.parametrize("backend", MAX_BACKENDS)
 @pytest.mark.parametrize("width", [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65])
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1),
@@ -120,19 +124,24 @@ def test_max_pool_nan_inf_and_ties(backend, channels):
                                 dict(kernel_size=2, stride=2, ceil_mode=True),
                                 dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1))],
                          ids=["3s1p1", "3s2p1", "2s2ceil", "2x3s1x2d2x1"])
-def test_max_pool_values_without_indices_at_every_width(backend, width, kw):
-    """The values-only kernel (inference) sweeps output rows tap by tap and vectorises;
-    NaN, -inf and the padding must come out as in the indexed scan."""
+def test_max_pool_at_every_width(backend, width, kw):
+    """Both max-pooling kernels, with indices and without, sweep output rows tap by
+    tap with vectorised selects; NaN, -inf, ties and the padding must come out as in
+    a scan of each window alone, at widths around the vector lengths."""
     rng = np.random.default_rng(width)
     x = rng.integers(-2, 3, (2, 3, 5, width)).astype(np.float32)
     x[rng.random(x.shape) < 0.05] = np.nan
     x[rng.random(x.shape) < 0.1] = -np.inf
     try:
-        y, _ = fc.max_pool2d(x, **kw, return_indices=True, backend=backend)
+        y, idx = fc.max_pool2d(x, **kw, return_indices=True, backend=backend)
     except ValueError:                      # the window does not fit this width
         with pytest.raises(ValueError, match="does not fit"):
             fc.max_pool2d(x, **kw, backend=backend)
         return
+    k = _pair(kw["kernel_size"])
+    y_ref, idx_ref = oracle.max_pool2d(x, k, _pair(kw["stride"]), _pair(kw.get("padding", 0)),
+                                       _pair(kw.get("dilation", 1)), kw.get("ceil_mode", False))
+    assert np.array_equal(y, y_ref, equal_nan=True) and np.array_equal(idx, idx_ref)
     assert np.array_equal(fc.max_pool2d(x, **kw, backend=backend), y, equal_nan=True)
 
 

@@ -25,6 +25,7 @@ openmp_threads = _kernels.openmp_threads
 maxpool2d_fwd = _kernels.maxpool2d_fwd
 maxpool2d_fwd_values = _kernels.maxpool2d_fwd_values
 maxpool2d_bwd = _kernels.maxpool2d_bwd
+maxpool2d_bwd_input = _kernels.maxpool2d_bwd_input
 avgpool2d_fwd = _kernels.avgpool2d_fwd
 avgpool2d_bwd = _kernels.avgpool2d_bwd
 adaptive_avgpool2d_fwd = _kernels.adaptive_avgpool2d_fwd

@@ -280,6 +280,16 @@ def maxpool2d_bwd(dy, indices, dx, n_threads):
     np.add.at(planes, (rows, indices.reshape(n * c, oh * ow)), dy.reshape(n * c, oh * ow))
 
 
+def maxpool2d_bwd_input(x, dy, dx, kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
+    """The gradient from X rather than from kept indices: maxpool2d_fwd, then maxpool2d_bwd.
+
+    x : (N, C, H, W)  # IN     dy : (N, C, OH, OW)  # IN     dx : (N, C, H, W)  # OUT
+    """
+    indices = np.empty(dy.shape, np.int64)
+    maxpool2d_fwd(x, np.empty_like(dy), indices, kh, kw, sh, sw, pt, pl, dh, dw, n_threads)
+    maxpool2d_bwd(dy, indices, dx, n_threads)
+
+
 def _avg_divisor(h, w, kh, kw, sh, sw, pt, pl, oh, ow, count_include_pad, divisor_override):
     """The divisor of every window (OH, OW), as in PyTorch.
 
