@@ -225,3 +225,23 @@ def test_forward_blocks_give_every_thread_a_like_share_of_rows():
     assert balanced_rows(224, 2, 1, 2) == 2       # already even
     assert balanced_rows(56, 18, 4, 2) == 18      # images enough to share: cache-sized
     assert balanced_rows(0, 5, 1, 2) == 1
+
+
+def test_forward_blocks_are_cache_sized_or_wide_enough_for_large_weights():
+    from fastconv.backends import _workspace
+
+    def block_columns(c, k, size, groups=1, limit=64 << 20):
+        w = np.empty((k, c // groups, 3, 3), np.float32)
+        y = np.empty((1, k, size, size), np.float32)
+        old = _workspace.workspace_limit()
+        _workspace.set_workspace_limit(limit)
+        try:
+            return _workspace.im2col_workspace(w, y, 3, 3, groups, 2).shape[2]
+        finally:
+            _workspace.set_workspace_limit(old)
+
+    assert block_columns(512, 512, 28) == 7 * 28    # VGG-16 conv4_2: 256+ columns, balanced
+    assert block_columns(512, 512, 14) == 7 * 14    # conv5_2: half the image each
+    assert block_columns(64, 64, 224) == 2 * 224    # conv1_2: small weights, 1 MiB blocks
+    assert block_columns(512, 512, 28, groups=8) == 448   # K/g = 64: cache-sized
+    assert block_columns(512, 512, 28, limit=1 << 20) == 28   # the limit still binds
