@@ -738,36 +738,58 @@ cdef enum:
 WINOGRAD_LANES = TV
 
 
+cdef void _padded_rows(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c,
+                       Py_ssize_t ih0, Py_ssize_t iw0, Py_ssize_t rows, Py_ssize_t width,
+                       floating* buf) noexcept nogil:
+    """buf[r*width + s] = x[n, c, ih0 + r, iw0 + s], 0 outside the input."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], r, s, s0, s1
+    s0 = _clip(-iw0, 0, width)
+    s1 = _clip(W - iw0, s0, width)
+    for r in range(rows):
+        if ih0 + r < 0 or ih0 + r >= H:
+            for s in range(width):
+                buf[r * width + s] = 0
+        else:
+            for s in range(s0):
+                buf[r * width + s] = 0
+            for s in range(s0, s1):
+                buf[r * width + s] = x[n, c, ih0 + r, iw0 + s]
+            for s in range(s1, width):
+                buf[r * width + s] = 0
+
+
 cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
                           Py_ssize_t n_c, const floating[:, ::1] bt, floating* v,
                           Py_ssize_t plane, Py_ssize_t ld, Py_ssize_t tile0, Py_ssize_t nt,
                           Py_ssize_t tiles_w, Py_ssize_t m, Py_ssize_t pt,
                           Py_ssize_t pl) noexcept nogil:
-    """v[(a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c."""
+    """v[(a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c.
+
+    A channel's input rows under the run's tiles are first copied, with the padding
+    as zeros, into a scratch block whose row 0 is the first tile row's top and whose
+    column 0 is the input's column -pl: the tiles are then gathered without bounds
+    checks."""
     cdef floating d[ALPHA_MAX][ALPHA_MAX][TV]
     cdef floating tmp[ALPHA_MAX][ALPHA_MAX][TV]
-    cdef Py_ssize_t ih0[TV]
-    cdef Py_ssize_t iw0[TV]
-    cdef Py_ssize_t alpha = bt.shape[0], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t c, g0, l0, l, r, s, a, b2, ih, iw
+    cdef Py_ssize_t off[TV]
+    cdef Py_ssize_t alpha = bt.shape[0], tr0 = tile0 // tiles_w
+    cdef Py_ssize_t rows = ((tile0 + nt - 1) // tiles_w - tr0) * m + alpha
+    cdef Py_ssize_t width = tiles_w * m + alpha - m
+    cdef Py_ssize_t c, g0, l0, l, r, s, a, b2, tile
     cdef floating coef
-    for g0 in range(_ceil_div(nt, TV)):
-        l0 = g0 * TV
-        # corner of each lane's input tile; a lane past the last tile reads nothing
-        for l in range(TV):
-            ih0[l] = (tile0 + l0 + l) // tiles_w * m - pt if l0 + l < nt else -ALPHA_MAX - H
-            iw0[l] = (tile0 + l0 + l) % tiles_w * m - pl
-        for c in range(n_c):
-            # gather the input tiles, zero outside the input
+    cdef floating* buf = <floating*> malloc(rows * width * sizeof(floating))
+    for c in range(n_c):
+        _padded_rows(x, n, c0 + c, tr0 * m - pt, -pl, rows, width, buf)
+        for g0 in range(_ceil_div(nt, TV)):
+            l0 = g0 * TV
+            # where each lane's tile starts in buf; a lane past the last tile reads the first
+            for l in range(TV):
+                tile = tile0 + l0 + l if l0 + l < nt else tile0
+                off[l] = (tile // tiles_w - tr0) * m * width + tile % tiles_w * m
             for r in range(alpha):
                 for s in range(alpha):
                     for l in range(TV):
-                        ih = ih0[l] + r
-                        iw = iw0[l] + s
-                        if 0 <= ih < H and 0 <= iw < W:
-                            d[r][s][l] = x[n, c0 + c, ih, iw]
-                        else:
-                            d[r][s][l] = 0
+                        d[r][s][l] = buf[off[l] + r * width + s]
             # tmp = B^T d
             for a in range(alpha):
                 for s in range(alpha):
@@ -789,8 +811,9 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize
                         if coef != 0:
                             for l in range(TV):
                                 d[a][b2][l] += tmp[a][s][l] * coef
-                    for l in range(min(TV, nt - l0)):
+                    for l in range(TV):     # all lanes: T is a multiple of TV
                         v[(a * alpha + b2) * plane + c * ld + l0 + l] = d[a][b2][l]
+    free(buf)
 
 
 cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
@@ -812,12 +835,10 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
             oh0[l] = (tile0 + l0 + l) // tiles_w * m
             ow0[l] = (tile0 + l0 + l) % tiles_w * m
         for k in range(n_k):
-            for a in range(alpha):
+            for a in range(alpha):      # all lanes (T is a multiple of TV); only nl are kept
                 for b2 in range(alpha):
-                    for l in range(nl):
+                    for l in range(TV):
                         mv[a][b2][l] = mm[(a * alpha + b2) * plane + k * ld + l0 + l]
-                    for l in range(nl, TV):
-                        mv[a][b2][l] = 0
             # tmp = A^T M
             for i in range(m):
                 for b2 in range(alpha):

@@ -722,29 +722,52 @@ WINOGRAD_LANES = TV
 
 
 @njit
+def _padded_rows(x, n, c, ih0, iw0, rows, width, buf):
+    """buf[r*width + s] = x[n, c, ih0 + r, iw0 + s], 0 outside the input."""
+    H, W = x.shape[2], x.shape[3]
+    s0 = _clip(-iw0, 0, width)
+    s1 = _clip(W - iw0, s0, width)
+    for r in range(rows):
+        if ih0 + r < 0 or ih0 + r >= H:
+            for s in range(width):
+                buf[r * width + s] = 0
+        else:
+            src = x[n, c, ih0 + r]
+            for s in range(s0):
+                buf[r * width + s] = 0
+            for s in range(s0, s1):
+                buf[_u(r * width + s)] = src[_u(iw0 + s)]
+            for s in range(s1, width):
+                buf[r * width + s] = 0
+
+
+@njit
 def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, pt, pl,
-                    d, tmp, ih0, iw0):
-    """v[v0 + (a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c."""
-    alpha, H, W = bt.shape[0], x.shape[2], x.shape[3]
+                    d, tmp, off):
+    """v[v0 + (a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c.
+
+    A channel's input rows under the run's tiles are first copied, with the padding
+    as zeros, into a scratch block whose row 0 is the first tile row's top and whose
+    column 0 is the input's column -pl: the tiles are then gathered without bounds
+    checks."""
+    alpha = bt.shape[0]
     lanes = d.shape[2]      # TV, read at run time (see the note above TV)
-    for g0 in range(_ceil_div(nt, TV)):
-        l0 = g0 * TV
-        # corner of each lane's input tile; a lane past the last tile reads nothing
-        for l in range(lanes):
-            ih0[l] = (tile0 + l0 + l) // tiles_w * m - pt if l0 + l < nt else -ALPHA_MAX - H
-            iw0[l] = (tile0 + l0 + l) % tiles_w * m - pl
-        for c in range(n_c):
-            plane_x = x[n, c0 + c]
-            # gather the input tiles, zero outside the input
+    tr0 = tile0 // tiles_w
+    rows = ((tile0 + nt - 1) // tiles_w - tr0) * m + alpha
+    width = tiles_w * m + alpha - m
+    buf = np.empty(rows * width, x.dtype)
+    for c in range(n_c):
+        _padded_rows(x, n, c0 + c, tr0 * m - pt, -pl, rows, width, buf)
+        for g0 in range(_ceil_div(nt, TV)):
+            l0 = g0 * TV
+            # where each lane's tile starts in buf; a lane past the last tile reads the first
+            for l in range(lanes):
+                tile = tile0 + l0 + l if l0 + l < nt else tile0
+                off[l] = (tile // tiles_w - tr0) * m * width + tile % tiles_w * m
             for r in range(alpha):
                 for s in range(alpha):
                     for l in range(lanes):
-                        ih = ih0[l] + r
-                        iw = iw0[l] + s
-                        if 0 <= ih < H and 0 <= iw < W:
-                            d[r, s, l] = plane_x[_u(ih), _u(iw)]
-                        else:
-                            d[r, s, l] = 0
+                        d[r, s, l] = buf[_u(off[l] + r * width + s)]
             # tmp = B^T d
             for a in range(alpha):
                 for s in range(alpha):
@@ -766,7 +789,7 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
                         if coef != 0:
                             for l in range(lanes):
                                 d[a, b2, l] += tmp[a, s, l] * coef
-                    for l in range(min(TV, nt - l0)):
+                    for l in range(lanes):      # all lanes: T is a multiple of TV
                         v[_u(v0 + (a * alpha + b2) * plane + c * ld + l0 + l)] = d[a, b2, l]
 
 
@@ -783,12 +806,10 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, n, k0, n_k, at, tile0, nt, til
             oh0[l] = (tile0 + l0 + l) // tiles_w * m
             ow0[l] = (tile0 + l0 + l) % tiles_w * m
         for k in range(n_k):
-            for a in range(alpha):
+            for a in range(alpha):      # all lanes (T is a multiple of TV); only nl are kept
                 for b2 in range(alpha):
-                    for l in range(nl):
+                    for l in range(lanes):
                         mv[a, b2, l] = mm[_u(mm0 + (a * alpha + b2) * plane + k * ld + l0 + l)]
-                    for l in range(nl, lanes):
-                        mv[a, b2, l] = 0
             # tmp = A^T M
             for i in range(m):
                 for b2 in range(alpha):
@@ -853,10 +874,9 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                     c1 = _share(Cg, t + 1, n_threads)
                     d = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
                     tmp = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
-                    ih0 = np.empty(TV, np.int64)
-                    iw0 = np.empty(TV, np.int64)
+                    off = np.empty(TV, np.int64)
                     _winograd_input(x, n, g * Cg + c0, c1 - c0, bt, vf, c0 * T, Cg * T, T,
-                                    tile0, nt, tiles_w, m, pt, pl, d, tmp, ih0, iw0)
+                                    tile0, nt, tiles_w, m, pt, pl, d, tmp, off)
                 for ab in prange(alpha2):
                     _gemm(False, False, Kg, nt, Cg, 1, uf, (g * alpha2 + ab) * Kg * Cg, Cg,
                           vf, ab * Cg * T, T, 0, mmf, ab * Kg * T, T)
