@@ -245,3 +245,21 @@ def test_forward_blocks_are_cache_sized_or_wide_enough_for_large_weights():
     assert block_columns(64, 64, 224) == 2 * 224    # conv1_2: small weights, 1 MiB blocks
     assert block_columns(512, 512, 28, groups=8) == 448   # K/g = 64: cache-sized
     assert block_columns(512, 512, 28, limit=1 << 20) == 28   # the limit still binds
+
+
+def test_winograd_workspace_is_kept_per_thread_and_its_buffers_do_not_overlap():
+    import threading
+
+    from fastconv.backends._workspace import winograd_workspace
+
+    v, m = winograd_workspace(6, 256, 128, 3136, np.float32, 16)
+    assert v.shape == (36 * 256, 256) and m.shape == (36 * 128, 256)
+    assert not np.shares_memory(v, m)
+    v2, m2 = winograd_workspace(4, 64, 64, 100, np.float64, 16)     # smaller: the same bytes
+    assert v2.dtype == np.float64 and np.shares_memory(v, v2)
+    other = []
+    thread = threading.Thread(target=lambda: other.extend(
+        winograd_workspace(6, 256, 128, 3136, np.float32, 16)))
+    thread.start()
+    thread.join()
+    assert not any(np.shares_memory(a, b) for a in other for b in (v, m))
