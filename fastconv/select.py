@@ -75,16 +75,13 @@ DIRECT_MAX_MACS = 200_000
 
 # Winograd pays when its transforms are amortised over enough channels and
 # its GEMMs get enough tiles. Measured with fastconv bench (2 cores) on the
-# 3x3 layers of DESIGN.md, per backend: in Cython F(4x4) beat im2col from 32
-# input channels on maps of at least 28x28 and F(6x6) from 112x112 (VGG-16
-# conv1_2); Numba's transforms are slower, and its F(4x4) won only from 256
-# channels (VGG-16 conv3_2, conv4_2), F(6x6) never. Neither won on 14x14 or 7x7
-# maps. The NumPy reference never picks it: it is the readable oracle.
-WINOGRAD_RULES = {
-    # backend: (min input channels per group, min output pixels, min pixels for F(6x6))
-    "cython": (32, 28 * 28, 112 * 112),
-    "numba": (256, 28 * 28, None),
-}
+# 3x3 layers of DESIGN.md: F(4x4) beat im2col from 32 input channels on maps of
+# at least 28x28 and F(6x6) from 112x112 (VGG-16 conv1_2), in Cython and, since
+# its transforms run 64 lanes (see _numba_kernels.py), in Numba too. Neither
+# won on 14x14 or 7x7 maps. The NumPy reference never picks it: it is the
+# readable oracle.
+WINOGRAD_RULE = (32, 28 * 28, 112 * 112)  # min input channels per group, min pixels, F(6x6)
+WINOGRAD_BACKENDS = ("cython", "numba")
 
 
 def auto_algorithm(geometry, available, backend_name):
@@ -95,9 +92,10 @@ def auto_algorithm(geometry, available, backend_name):
     if "direct" in available and g.macs <= DIRECT_MAX_MACS:
         return "direct"
     pixels = g.oh * g.ow
-    rule = WINOGRAD_RULES.get(backend_name)
-    if rule and winograd_applicable(g) and g.c_in // g.groups >= rule[0] and pixels >= rule[1]:
-        tile = "winograd6" if rule[2] is not None and pixels >= rule[2] else "winograd4"
+    channels, least, f6 = WINOGRAD_RULE
+    if backend_name in WINOGRAD_BACKENDS and winograd_applicable(g) and \
+            g.c_in // g.groups >= channels and pixels >= least:
+        tile = "winograd6" if pixels >= f6 else "winograd4"
         if tile in available:
             return tile
     return "im2col" if "im2col" in available else available[0]

@@ -147,25 +147,19 @@ def test_auto_picks_direct_only_for_tiny_convolutions():
     (64, 224, 3, 1, "winograd6"),     # VGG-16 conv1_2
     (256, 56, 3, 1, "winograd4"),     # VGG-16 conv3_2
     (512, 28, 3, 1, "winograd4"),     # VGG-16 conv4_2
+    (64, 56, 3, 1, "winograd4"),      # ResNet-50 layer1.conv2
     (512, 14, 3, 1, "im2col"),        # VGG-16 conv5_2: too few tiles
     (16, 56, 3, 1, "im2col"),         # too few channels for the transforms
     (64, 56, 3, 2, "im2col"),         # strided
     (64, 56, 5, 1, "im2col"),         # not 3x3
 ])
+@pytest.mark.parametrize("backend", ["cython", "numba"])
 def test_auto_picks_winograd_where_it_was_measured_to_win(channels, size, kernel, stride,
-                                                          expected):
+                                                          expected, backend):
     g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size)
-    assert choose_algorithm(g, "auto", ALGORITHMS, "cython") == expected
-    assert choose_algorithm(g, "auto", ("im2col", "direct"), "cython") == "im2col"
+    assert choose_algorithm(g, "auto", ALGORITHMS, backend) == expected
+    assert choose_algorithm(g, "auto", ("im2col", "direct"), backend) == "im2col"
     assert choose_algorithm(g, "auto", ALGORITHMS, "numpy") == "im2col"
-
-
-@pytest.mark.parametrize("channels,size,expected", [
-    (64, 224, "im2col"), (64, 56, "im2col"), (256, 56, "winograd4"), (512, 28, "winograd4"),
-])
-def test_numba_auto_follows_its_own_measurements(channels, size, expected):
-    g = _geometry(channels=channels, size=size)
-    assert choose_algorithm(g, "auto", ALGORITHMS, "numba") == expected
 
 
 @pytest.mark.parametrize("requested,expected", [
