@@ -1025,10 +1025,14 @@ cdef void _max_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c, P
                 _max_tap(xrow + off, yrow, irow, cols[j, 0], cols[j, 1], sw, ih * W + off)
 
 
-def _first_taps(Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t dw):
-    """Flat index, within its row, of each window's first tap inside the input."""
-    return np.array([ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw for ow in range(OW)],
-                    np.int64)
+def _max_taps(x, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+              Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw):
+    """_tap_rows and _tap_cols of a max pooling, and the column, within its row, of
+    each window's first tap inside the input (where a window of -inf points)."""
+    first = np.array([ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw for ow in range(OW)],
+                     np.int64)
+    return (_tap_rows(OH, kh, sh, pt, dh, x.shape[2]), _tap_cols(OW, kw, sw, pl, dw, x.shape[3]),
+            first)
 
 
 def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
@@ -1040,10 +1044,11 @@ def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
     a strictly larger value or any NaN replaces the maximum, which starts at -inf on
     the window's first pixel inside the input (so a window of -inf indexes that)."""
     cdef Py_ssize_t C = x.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
-    cdef int64_t[::1] first = _first_taps(OW, kw, sw, pl, dw)
+    cdef Py_ssize_t[:, ::1] rows
+    cdef Py_ssize_t[:, ::1] cols
+    cdef int64_t[::1] first
     cdef Py_ssize_t plane, n, c, oh
+    rows, cols, first = _max_taps(x, OH, OW, kh, kw, sh, sw, pt, pl, dh, dw)
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
@@ -1064,13 +1069,14 @@ def maxpool2d_bwd_input(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
     of the plane's, and the row's gradients straight to them. Nothing of the size of
     Y is written, and the plane of dX being added into stays in cache."""
     cdef Py_ssize_t C = x.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
-    cdef int64_t[::1] first = _first_taps(OW, kw, sw, pl, dw)
+    cdef Py_ssize_t[:, ::1] rows
+    cdef Py_ssize_t[:, ::1] cols
+    cdef int64_t[::1] first
     cdef Py_ssize_t plane, n, c, oh, ow
     cdef floating* best
     cdef int64_t* at
     cdef floating* dxp
+    rows, cols, first = _max_taps(x, OH, OW, kh, kw, sh, sw, pt, pl, dh, dw)
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C

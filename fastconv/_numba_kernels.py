@@ -1000,12 +1000,14 @@ def _max_row(x, n, c, oh, yrow, irow, rows, cols, first, kw, sh, sw, pt, pl, dh,
 
 
 @njit
-def _first_taps(OW, kw, sw, pl, dw):
-    """Flat index, within its row, of each window's first tap inside the input."""
+def _max_taps(x, OH, OW, kh, kw, sh, sw, pt, pl, dh, dw):
+    """_tap_rows and _tap_cols of a max pooling, and the column, within its row, of
+    each window's first tap inside the input (where a window of -inf points)."""
     first = np.empty(OW, np.int64)
     for ow in range(OW):
         first[ow] = ow * sw - pl + _first_tap(ow * sw - pl, dw, kw) * dw
-    return first
+    return (_tap_rows(OH, kh, sh, pt, dh, x.shape[2]), _tap_cols(OW, kw, sw, pl, dw, x.shape[3]),
+            first)
 
 
 @pnjit
@@ -1017,9 +1019,7 @@ def maxpool2d_fwd(x,        # IN  (N, C, H, W)
     a strictly larger value or any NaN replaces the maximum, which starts at -inf on
     the window's first pixel inside the input (so a window of -inf indexes that)."""
     C, OH, OW = x.shape[1], y.shape[2], y.shape[3]
-    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
-    first = _first_taps(OW, kw, sw, pl, dw)
+    rows, cols, first = _max_taps(x, OH, OW, kh, kw, sh, sw, pt, pl, dh, dw)
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
@@ -1038,9 +1038,7 @@ def maxpool2d_bwd_input(x,    # IN  (N, C, H, W)
     of the plane's, and the row's gradients straight to them. Nothing of the size of
     Y is written, and the plane of dX being added into stays in cache."""
     C, OH, OW = x.shape[1], dy.shape[2], dy.shape[3]
-    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
-    first = _first_taps(OW, kw, sw, pl, dw)
+    rows, cols, first = _max_taps(x, OH, OW, kh, kw, sh, sw, pt, pl, dh, dw)
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
