@@ -104,7 +104,7 @@ def cmd_bench(args):
     passes = ["forward", "backward"] if args.passes == "both" else [args.passes]
     results = {}
     for direction in passes if conv_layers else []:
-        title = "forward" if direction == "forward" else "backward (grad_x+grad_w)"
+        title = "forward" if direction == "forward" else "backward (grad_x,w,b)"
         results[title] = _conv_section(title, conv_layers, names, args, n_threads,
                                        direction == "backward")
     transpose_layers = _selected(bench.TRANSPOSE_LAYERS, args.layers)

@@ -103,8 +103,9 @@ TRANSPOSE_LAYERS = [
 
 
 def run_transpose(layer, backend_names=None, rounds=5, n_threads=None, backward=False):
-    """Time a transposed convolution's forward or backward (grad_x and grad_w):
-    rows of (backend, seconds, GFLOP/s, ratio to torch)."""
+    """Time a transposed convolution's forward or backward (grad_x, grad_w and grad_b,
+    which fastconv's backward returns and PyTorch is asked for as well): rows of
+    (backend, seconds, GFLOP/s, ratio to torch)."""
     n_threads = n_threads or backends.get_num_threads()
     x, w = layer.arrays()
     work = 2e-9 * layer.macs() * (2 if backward else 1)
@@ -117,8 +118,8 @@ def run_transpose(layer, backend_names=None, rounds=5, n_threads=None, backward=
         labels.append("torch")
         if backward:
             fns.append(lambda: torch.ops.aten.convolution_backward(
-                dyt, xt, wt, None, [layer.stride] * 2, [layer.padding] * 2, [1, 1], True,
-                [0, 0], 1, [True, True, False]))
+                dyt, xt, wt, [layer.c_out], [layer.stride] * 2, [layer.padding] * 2, [1, 1],
+                True, [0, 0], 1, [True, True, True]))
         else:
             fns.append(lambda: torch.nn.functional.conv_transpose2d(xt, wt, **layer.kwargs()))
     for name in backend_names or backends.available_backends():
@@ -203,7 +204,8 @@ def conv_candidates(layer, backend_names=None, all_algorithms=True):
 
 
 def _torch_conv(torch, layer, x, w, backward):
-    """PyTorch's forward, or its backward alone (grad_x and grad_w, no forward)."""
+    """PyTorch's forward, or its backward alone (no forward): grad_x, grad_w and grad_b,
+    the three that fastconv's conv2d_backward returns."""
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
     kw = dict(stride=layer.stride, padding=layer.padding)
     if not backward:
@@ -211,12 +213,12 @@ def _torch_conv(torch, layer, x, w, backward):
     dy = torch.ones_like(torch.nn.functional.conv2d(xt, wt, **kw))
     stride, padding = [layer.stride] * 2, list(layer.padding)
     return lambda: torch.ops.aten.convolution_backward(
-        dy, xt, wt, None, stride, padding, [1, 1], False, [0, 0], 1, [True, True, False])
+        dy, xt, wt, [layer.c_out], stride, padding, [1, 1], False, [0, 0], 1, [True, True, True])
 
 
 def run_conv(layer, backend_names=None, all_algorithms=True, rounds=5, n_threads=None,
              backward=False):
-    """Time one layer's forward pass, or its backward pass (grad_x and grad_w):
+    """Time one layer's forward pass, or its backward pass (grad_x, grad_w and grad_b):
     rows of (backend, algorithm, seconds, GFLOP/s, ratio to torch)."""
     n_threads = n_threads or backends.get_num_threads()
     x, w = layer.arrays()
