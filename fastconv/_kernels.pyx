@@ -975,9 +975,10 @@ cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py
                          Py_ssize_t hi, Py_ssize_t stride, int64_t at) noexcept nogil:
     """Windows lo .. hi-1 of an output row take their tap tap[ow*stride], whose flat index
     is at + ow*stride, if it wins: selects rather than a branch, so that the loop
-    vectorises. A literal unit stride, once inlined, gives contiguous loads; for others
-    gcc's gathers beat the shuffles it makes of a literal 2 (the Numba twin, whose
-    LLVM vectorises only literal strides, also passes 2)."""
+    vectorises. A literal unit stride, once inlined, gives contiguous loads; for stride
+    2 gcc's code for the variable stride ran faster than its code for a literal 2
+    (0.36 against 0.60 ms on a 64x112x112 3x3s2 pooling), so only 1 is passed as a
+    literal (the Numba twin, whose LLVM vectorises only literal strides, passes 2 too)."""
     cdef Py_ssize_t ow
     cdef floating val
     cdef bint wins

@@ -991,7 +991,7 @@ def _max_row(x, n, c, oh, yrow, irow, rows, cols, first, kw, sh, sw, pt, pl, dh,
         xrow = x[n, c, ih]
         for j in range(kw):
             off = j * dw - pl
-            if sw == 1:     # known strides: contiguous loads, or shuffles
+            if sw == 1:     # literal strides, which LLVM vectorises (see _max_tap)
                 _max_tap(xrow, off, yrow, irow, cols[j, 0], cols[j, 1], 1, ih * W + off)
             elif sw == 2:
                 _max_tap(xrow, off, yrow, irow, cols[j, 0], cols[j, 1], 2, ih * W + off)
@@ -1075,7 +1075,7 @@ def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
                 xrow = src[oh * sh - pt + i * dh]
                 for j in range(kw):
                     off = j * dw - pl
-                    if sw == 1:     # known strides: contiguous loads, or shuffles
+                    if sw == 1:     # literal strides, which LLVM vectorises (see _max_tap)
                         _max_value_tap(xrow, off, yrow, cols[j, 0], cols[j, 1], 1)
                     elif sw == 2:
                         _max_value_tap(xrow, off, yrow, cols[j, 0], cols[j, 1], 2)
