@@ -971,6 +971,17 @@ def _avg_factors(Py_ssize_t O, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p, Py_ssiz
     return (end - start).astype(dtype)
 
 
+def _avg_taps(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+              Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+              bint count_include_pad, Py_ssize_t divisor_override, dtype):
+    """_tap_rows and _tap_cols of an average pooling, and its divisor's row and column
+    factors (_avg_factors): what its forward and its gradient share."""
+    return (_tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W),
+            _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
+            _avg_factors(OW, kw, sw, pl, W, count_include_pad, 1 if divisor_override else 0,
+                         dtype))
+
+
 cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py_ssize_t lo,
                          Py_ssize_t hi, Py_ssize_t stride, int64_t at) noexcept nogil:
     """Windows lo .. hi-1 of an output row take their tap tap[ow*stride], whose flat index
@@ -1160,17 +1171,17 @@ def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
     Like max pooling, a whole output row is summed tap by tap along the row."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, 1, H)
-    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, 1, W)
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad,
-                                              divisor_override, dtype)
-    cdef floating[::1] col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
-                                              1 if divisor_override else 0, dtype)
+    cdef Py_ssize_t[:, ::1] rows
+    cdef Py_ssize_t[:, ::1] cols
+    cdef floating[::1] row_div
+    cdef floating[::1] col_div
     cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, off
     cdef const floating* xrow
     cdef floating* yrow
     cdef floating rd
+    rows, cols, row_div, col_div = _avg_taps(
+        OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
+        np.float32 if floating is float else np.float64)
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
@@ -1207,17 +1218,17 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
     then added tap by tap along the input rows it covers."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, 1, H)
-    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, 1, W)
-    dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad,
-                                              divisor_override, dtype)
-    cdef floating[::1] col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
-                                              1 if divisor_override else 0, dtype)
+    cdef Py_ssize_t[:, ::1] rows
+    cdef Py_ssize_t[:, ::1] cols
+    cdef floating[::1] row_div
+    cdef floating[::1] col_div
     cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, off
     cdef floating* share
     cdef floating* dxrow
     cdef floating rd
+    rows, cols, row_div, col_div = _avg_taps(
+        OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
+        np.float32 if floating is float else np.float64)
     with nogil:
         for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C

@@ -954,6 +954,16 @@ def _avg_factors(O, k, s, p, size, count_include_pad, override, dtype):
 
 
 @njit
+def _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override, dtype):
+    """_tap_rows and _tap_cols of an average pooling, and its divisor's row and column
+    factors (_avg_factors): what its forward and its gradient share."""
+    return (_tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W),
+            _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
+            _avg_factors(OW, kw, sw, pl, W, count_include_pad, 1 if divisor_override else 0,
+                         dtype))
+
+
+@njit
 def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
     """Windows lo .. hi-1 of an output row take their tap xrow[off + ow*stride], whose flat
     index is at + ow*stride, if it wins: selects rather than a branch, so that the loop
@@ -1111,11 +1121,8 @@ def avgpool2d_fwd(x,   # IN  (N, C, H, W)
     Like max pooling, a whole output row is summed tap by tap along the row."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
-    rows = _tap_rows(OH, kh, sh, pt, 1, H)
-    cols = _tap_cols(OW, kw, sw, pl, 1, W)
-    row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, y.dtype)
-    col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
-                           1 if divisor_override else 0, y.dtype)
+    rows, cols, row_div, col_div = _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
+                                             count_include_pad, divisor_override, y.dtype)
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
@@ -1146,11 +1153,8 @@ def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
     then added tap by tap along the input rows it covers."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
-    rows = _tap_rows(OH, kh, sh, pt, 1, H)
-    cols = _tap_cols(OW, kw, sw, pl, 1, W)
-    row_div = _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dx.dtype)
-    col_div = _avg_factors(OW, kw, sw, pl, W, count_include_pad,
-                           1 if divisor_override else 0, dx.dtype)
+    rows, cols, row_div, col_div = _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
+                                             count_include_pad, divisor_override, dx.dtype)
     for plane in prange(dx.shape[0] * C):
         n = plane // C
         c = plane % C
