@@ -174,18 +174,71 @@ cdef void _unlower_plane(const floating* src, Py_ssize_t ld, floating[:, :, :, :
                         xrow[ow * sw + iw0] += row[ow]
 
 
-cdef void _im2col_block(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
-                        Py_ssize_t n_c, floating* cols, Py_ssize_t ld,
-                        Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
-                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
-    """cols[(c, i, j), :] = the lowered row of channel c0+c, tap (i, j); row stride ld."""
-    cdef Py_ssize_t c, i, j
-    for c in range(n_c):
-        for i in range(kh):
-            for j in range(kw):
-                _lower_row(x, n, c0 + c, i, j, cols + ((c * kh + i) * kw + j) * ld,
-                           oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+# A strided lowering reads every sw-th input pixel, which compilers turn into
+# gathers. Each input row the block needs is therefore split once into its sw
+# phases, with the padding as zeros: phase p holds padded columns p, p + sw,
+# p + 2*sw, ... Tap j reads padded columns ow*sw + j*dw, which are the
+# consecutive entries (j*dw) // sw + ow of phase (j*dw) % sw, so every lowered
+# row becomes a contiguous copy, and the kh*kw taps share one strided pass.
+
+cdef void _split_phases(const floating* row, Py_ssize_t W, Py_ssize_t sw, Py_ssize_t pl,
+                        Py_ssize_t Q, floating* dst) noexcept nogil:
+    """dst[p*Q + q] = row[q*sw + p - pl] for p < sw and q < Q, 0 off the row."""
+    cdef Py_ssize_t p, q, q0, q1
+    for p in range(sw):
+        q0 = _first_inside(p - pl, sw, Q)
+        q1 = _end_inside(p - pl, sw, W, q0, Q)
+        for q in range(q0):
+            dst[p * Q + q] = 0
+        if sw == 2:     # constant strides: gcc vectorises them with shuffles
+            for q in range(q0, q1):
+                dst[p * Q + q] = row[q * 2 + p - pl]
+        elif sw == 4:
+            for q in range(q0, q1):
+                dst[p * Q + q] = row[q * 4 + p - pl]
+        else:
+            for q in range(q0, q1):
+                dst[p * Q + q] = row[q * sw + p - pl]
+        for q in range(q1, Q):
+            dst[p * Q + q] = 0
+
+
+cdef void _lower_rows(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
+                      Py_ssize_t q0, Py_ssize_t q1, floating* cols, Py_ssize_t ld,
+                      Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """cols[q*ld : q*ld + rows*OW] = lowered row q = (c*kh + i)*kw + j, channel c0 + c,
+    tap (i, j), for q0 <= q < q1."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], K2 = kh * kw
+    cdef Py_ssize_t n_in = (rows - 1) * sh + (kh - 1) * dh + 1, Q = OW + (kw - 1) * dw // sw
+    cdef Py_ssize_t c, q, r, s, ow, ih
+    cdef const floating* src
+    cdef floating* dst
+    cdef floating* buf
+    if sw == 1 or kw == 1:
+        for q in range(q0, q1):
+            _lower_row(x, n, c0 + q // K2, q // kw % kh, q % kw, cols + q * ld, oh0, rows,
+                       OW, sh, sw, pt, pl, dh, dw)
+        return
+    buf = <floating*> malloc(n_in * sw * Q * sizeof(floating))
+    for c in range(q0 // K2, _ceil_div(q1, K2)):
+        # buf row r holds input row oh0*sh - pt + r, split into phases
+        for r in range(n_in):
+            ih = oh0 * sh - pt + r
+            if ih < 0 or ih >= H:
+                for s in range(sw * Q):
+                    buf[r * sw * Q + s] = 0
+            else:
+                _split_phases(&x[n, c0 + c, ih, 0], W, sw, pl, Q, buf + r * sw * Q)
+        for q in range(max(q0, c * K2), min(q1, (c + 1) * K2)):
+            # tap (i, j) = (q // kw % kh, q % kw)
+            src = buf + (q // kw % kh * dh * sw + q % kw * dw % sw) * Q + q % kw * dw // sw
+            dst = cols + q * ld
+            for r in range(rows):
+                for ow in range(OW):
+                    dst[r * OW + ow] = src[r * sh * sw * Q + ow]
+    free(buf)
 
 
 # Whole-row lowering, for stride-1 convolutions without horizontal padding whose
@@ -236,18 +289,6 @@ cdef void _widen_rows(const floating* src, Py_ssize_t src_ld, Py_ssize_t n_rows,
                 dst[m * ld + r * W + v] = src[m * src_ld + r * OW + v]
             for v in range(OW, W):
                 dst[m * ld + r * W + v] = 0
-
-
-cdef void _col2im_block(const floating* cols, Py_ssize_t ld, floating[:, :, :, ::1] x,
-                        Py_ssize_t n, Py_ssize_t c0, Py_ssize_t n_c,
-                        Py_ssize_t oh0, Py_ssize_t rows, Py_ssize_t OW,
-                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                        Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
-    """x[n, c0+c, ih, iw] += every cols entry _im2col_block would copy from there."""
-    cdef Py_ssize_t c
-    for c in range(n_c):
-        _unlower_plane(cols + c * kh * kw * ld, ld, x, n, c0 + c, oh0, rows, OW,
-                       kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 def im2col(const floating[:, :, :, ::1] x,      # IN  (N, C, H, W)
@@ -352,7 +393,7 @@ cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
         _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
               &x[n, g * Cg, oh0, 0], HW, 1, &y[n, g * Kg, oh0, 0], OHW)
     else:
-        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _lower_rows(x, n, g * Cg, 0, CKK, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
         _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
               cols, ld, 1, &y[n, g * Kg, oh0, 0], OHW)
 
@@ -513,9 +554,8 @@ cdef void _bwd_weight_block(const floating[:, :, :, ::1] dy, const floating[:, :
         _gemm(False, True, Kg, q1 - q0, rows * W, 1, wide_dy, ld, cols + q0 * ld, ld, 1,
               dwm + g * Kg * CKK + q0, CKK)
     else:
-        for q in range(q0, q1):
-            _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, cols + q * ld, oh0, rows,
-                       OW, sh, sw, pt, pl, dh, dw)
+        _lower_rows(x, n, g * Cg, q0, q1, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl,
+                    dh, dw)
         _gemm(False, True, Kg, q1 - q0, rows * OW, 1, &dy[n, g * Kg, oh0, 0], OH * OW,
               cols + q0 * ld, ld, 1, dwm + g * Kg * CKK + q0, CKK)
 

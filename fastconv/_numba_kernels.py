@@ -184,14 +184,62 @@ def _unlower_plane(src, src0, ld, x, n, c, oh0, rows, OW, kh, kw, sh, sw, pt, pl
                         xrow[_u(ow * sw + iw0)] += src[_u(row + ow)]
 
 
+# A strided lowering reads every sw-th input pixel, which compilers turn into
+# gathers. Each input row the block needs is therefore split once into its sw
+# phases, with the padding as zeros: phase p holds padded columns p, p + sw,
+# p + 2*sw, ... Tap j reads padded columns ow*sw + j*dw, which are the
+# consecutive entries (j*dw) // sw + ow of phase (j*dw) % sw, so every lowered
+# row becomes a contiguous copy, and the kh*kw taps share one strided pass.
+
 @njit
-def _im2col_block(x, n, c0, n_c, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw):
-    """cols[(c, i, j) * ld:] = the lowered row of channel c0+c, tap (i, j); row stride ld."""
-    for c in range(n_c):
-        for i in range(kh):
-            for j in range(kw):
-                _lower_row(x, n, c0 + c, i, j, cols, ((c * kh + i) * kw + j) * ld,
-                           oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+def _split_phases(row, W, sw, pl, Q, dst, dst0):
+    """dst[dst0 + p*Q + q] = row[q*sw + p - pl] for p < sw and q < Q, 0 off the row."""
+    for p in range(sw):
+        q0 = _first_inside(p - pl, sw, Q)
+        q1 = _end_inside(p - pl, sw, W, q0, Q)
+        for q in range(q0):
+            dst[dst0 + p * Q + q] = 0
+        if sw == 2:     # constant strides: gcc vectorises them with shuffles (LLVM: gathers)
+            for q in range(q0, q1):
+                dst[_u(dst0 + p * Q + q)] = row[_u(q * 2 + p - pl)]
+        elif sw == 4:
+            for q in range(q0, q1):
+                dst[_u(dst0 + p * Q + q)] = row[_u(q * 4 + p - pl)]
+        else:
+            for q in range(q0, q1):
+                dst[_u(dst0 + p * Q + q)] = row[_u(q * sw + p - pl)]
+        for q in range(q1, Q):
+            dst[dst0 + p * Q + q] = 0
+
+
+@njit
+def _lower_rows(x, n, c0, q0, q1, cols, cols0, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw):
+    """cols[cols0 + q*ld:][:rows*OW] = lowered row q = (c*kh + i)*kw + j, channel c0 + c,
+    tap (i, j), for q0 <= q < q1."""
+    H, W, K2 = x.shape[2], x.shape[3], kh * kw
+    n_in, Q = (rows - 1) * sh + (kh - 1) * dh + 1, OW + (kw - 1) * dw // sw
+    if sw == 1 or kw == 1:
+        for q in range(q0, q1):
+            _lower_row(x, n, c0 + q // K2, q // kw % kh, q % kw, cols, cols0 + q * ld,
+                       oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+        return
+    buf = np.empty(n_in * sw * Q, x.dtype)
+    for c in range(q0 // K2, _ceil_div(q1, K2)):
+        # buf row r holds input row oh0*sh - pt + r, split into phases
+        for r in range(n_in):
+            ih = oh0 * sh - pt + r
+            if ih < 0 or ih >= H:
+                for s in range(sw * Q):
+                    buf[r * sw * Q + s] = 0
+            else:
+                _split_phases(x[n, c0 + c, ih], W, sw, pl, Q, buf, r * sw * Q)
+        for q in range(max(q0, c * K2), min(q1, (c + 1) * K2)):
+            # tap (i, j) = (q // kw % kh, q % kw)
+            src = (q // kw % kh * dh * sw + q % kw * dw % sw) * Q + q % kw * dw // sw
+            dst = cols0 + q * ld
+            for r in range(rows):
+                for ow in range(OW):
+                    cols[_u(dst + r * OW + ow)] = buf[_u(src + r * sh * sw * Q + ow)]
 
 
 # Whole-row lowering, for stride-1 convolutions without horizontal padding whose
@@ -243,14 +291,6 @@ def _widen_rows(src, src0, src_ld, n_rows, rows, OW, dst, dst0, ld, W):
                 dst[_u(dst0 + m * ld + r * W + v)] = src[_u(src0 + m * src_ld + r * OW + v)]
             for v in range(OW, W):
                 dst[dst0 + m * ld + r * W + v] = 0
-
-
-@njit
-def _col2im_block(cols, ld, x, n, c0, n_c, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw):
-    """x[n, c0+c, ih, iw] += every cols entry _im2col_block would copy from there."""
-    for c in range(n_c):
-        _unlower_plane(cols, c * kh * kw * ld, ld, x, n, c0 + c, oh0, rows, OW,
-                       kh, kw, sh, sw, pt, pl, dh, dw)
 
 
 @pnjit
@@ -348,7 +388,7 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise, whole_rows,
         _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
               xf, (n * C + g * Cg) * HW + oh0 * W, HW, 1, yf, y0, OHW)
     else:
-        _im2col_block(x, n, g * Cg, Cg, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
+        _lower_rows(x, n, g * Cg, 0, CKK, cols, 0, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
         _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
               cols, 0, ld, 1, yf, y0, OHW)
 
@@ -505,9 +545,8 @@ def _bwd_weight_block(dy, x, dwf, dw0, cols, cols0, ld, wide_dy, n, g, q0, q1, o
         _gemm(False, True, Kg, q1 - q0, rows * W, 1, cols, wide_dy, ld, cols, cols0 + q0 * ld,
               ld, 1, dwf, dw0 + g * Kg * CKK + q0, CKK)
     else:
-        for q in range(q0, q1):
-            _lower_row(x, n, g * Cg + q // K2, q // kw % kh, q % kw, cols, cols0 + q * ld,
-                       oh0, rows, OW, sh, sw, pt, pl, dh, dw)
+        _lower_rows(x, n, g * Cg, q0, q1, cols, cols0, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl,
+                    dh, dw)
         _gemm(False, True, Kg, q1 - q0, rows * OW, 1, dyf, dy0, OH * OW,
               cols, cols0 + q0 * ld, ld, 1, dwf, dw0 + g * Kg * CKK + q0, CKK)
 
