@@ -120,6 +120,46 @@ def test_whole_row_lowering_and_both_gradient_schedules(monkeypatch, backend, ro
         assert np.array_equal(grad, repeat)
 
 
+@pytest.mark.parametrize("backend", [b for b in ("cython", "numba") if b in BACKENDS])
+@pytest.mark.parametrize("rows_per_block", [1, None])
+@pytest.mark.parametrize("batch,kernel,stride,padding,dilation", [
+    (1, (4, 4), (2, 2), (1, 1), (1, 1)),    # the lowering's and col2im's phases, stride 2
+    (4, (3, 7), (1, 3), (1, 3), (1, 1)),    # any stride: no constant-stride loop
+    (1, (5, 11), (3, 4), (0, 2), (1, 1)),   # AlexNet's stride 4, rows of 3 split by thread
+    (2, (3, 3), (2, 2), (0, 1), (2, 2)),    # lowered in phases, added back without
+    (1, (2, 5), (2, 2), (1, 2), (1, 2)),    # dilated taps in phases
+    (3, (1, 1), (2, 2), (0, 0), (1, 1)),    # one tap per pixel: no phases
+])
+def test_strided_lowering_in_stride_phases(monkeypatch, backend, rows_per_block, batch, kernel,
+                                           stride, padding, dilation):
+    """Strided lowering copies taps from input rows split into stride phases, and col2im
+    adds them back through such phases where two taps read each column: forward and
+    both gradients against the oracle, in blocks of one output row and in one block."""
+    from fastconv.backends import _workspace
+
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((batch, 3, 13, 29))
+    w = rng.standard_normal((5, 3) + kernel)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, algorithm="im2col",
+              backend=backend)
+    args = (stride, (padding[0],) * 2 + (padding[1],) * 2, dilation, 1)
+    y_ref = oracle.conv2d(x, w, None, *args)
+    dy = rng.standard_normal(y_ref.shape)
+    refs = oracle.conv2d_backward(dy, x, w, *args)
+    if rows_per_block:
+        monkeypatch.setattr(_workspace, "_limit", 1)
+    before = fc.get_num_threads()
+    fc.set_num_threads(2)
+    try:
+        x_, w_, dy_ = _cast(np.float32, x, w, dy)
+        assert rel_err(fc.conv2d(x_, w_, **kw), y_ref) <= TOLERANCE[np.float32, "im2col"]
+        grads = fc.conv2d_backward(dy_, x_, w_, **kw)
+    finally:
+        fc.set_num_threads(before)
+    for grad, ref in zip(grads, refs):
+        assert rel_err(grad, ref) <= TOLERANCE[np.float32, "im2col"]
+
+
 @pytest.mark.parametrize("config", conv_transpose_configs(40, seed=2), ids=config_id)
 @pytest.mark.parametrize("backend", fc.available_backends())
 def test_conv_transpose2d_matches_naive_scatter(config, backend):
