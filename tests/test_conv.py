@@ -160,6 +160,41 @@ def test_strided_lowering_in_stride_phases(monkeypatch, backend, rows_per_block,
         assert rel_err(grad, ref) <= TOLERANCE[np.float32, "im2col"]
 
 
+@pytest.mark.parametrize("backend", [b for b in ("cython", "numba") if b in BACKENDS])
+@pytest.mark.parametrize("rows_per_block", [1, None])
+@pytest.mark.parametrize("batch,channels,kernel,stride,padding,dilation,groups", [
+    (1, (6, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1),      # 54 terms: quads and a remainder
+    (2, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), 8),      # depthwise: one output channel
+    (1, (6, 9), (2, 5), (2, 3), (1, 2), (2, 1), 3),      # phases both ways, dilation
+    (3, (1, 7), (5, 5), (1, 1), (0, 0), (1, 1), 1),      # LeNet's c1: odd output channels
+    (1, (3, 4), (11, 11), (4, 4), (2, 2), (1, 1), 1),    # AlexNet's conv1
+])
+def test_direct_forward_in_wide_rows(monkeypatch, backend, rows_per_block, batch, channels,
+                                     kernel, stride, padding, dilation, groups):
+    """The direct forward sums runs of stride-phase planes over wide output rows: against
+    the oracle with bias, in blocks of one output row and in cache-sized blocks."""
+    from fastconv.backends import _workspace
+
+    rng = np.random.default_rng(23)
+    c_in, c_out = channels
+    x = rng.standard_normal((batch, c_in, 15, 13))
+    w = rng.standard_normal((c_out, c_in // groups) + kernel)
+    b = rng.standard_normal(c_out)
+    args = (stride, (padding[0],) * 2 + (padding[1],) * 2, dilation, groups)
+    y_ref = oracle.conv2d(x, w, b, *args)
+    if rows_per_block:
+        monkeypatch.setattr(_workspace, "_limit", 1)
+    before = fc.get_num_threads()
+    fc.set_num_threads(2)
+    try:
+        for dtype in (np.float32, np.float64):
+            y = fc.conv2d(*_cast(dtype, x, w, b), stride=stride, padding=padding,
+                          dilation=dilation, groups=groups, algorithm="direct", backend=backend)
+            assert rel_err(y, y_ref) <= TOLERANCE[dtype, "direct"]
+    finally:
+        fc.set_num_threads(before)
+
+
 @pytest.mark.parametrize("config", conv_transpose_configs(40, seed=2), ids=config_id)
 @pytest.mark.parametrize("backend", fc.available_backends())
 def test_conv_transpose2d_matches_naive_scatter(config, backend):

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS
 from . import kernel_blas_single_threaded
-from ._workspace import im2col_workspace, per_image_gradients, whole_rows, winograd_workspace
+from ._workspace import (direct_workspace, im2col_workspace, per_image_gradients, whole_rows,
+                         winograd_workspace)
 
 
 def im2col_convolutions(kernels):
@@ -52,6 +53,18 @@ def im2col_convolutions(kernels):
                                              sh, sw, pt, pl, dh, dw, groups, n_threads)
 
     return conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col
+
+
+def direct_forward(kernels):
+    """``conv2d_fwd_direct`` with its workspace (``direct_workspace``)."""
+
+    def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+        work, block = direct_workspace(x.shape, w.shape, y.shape, kh, kw, sh, sw, dh, dw,
+                                       groups, n_threads, x.dtype)
+        kernels.conv2d_fwd_direct(x, w, b, y, work, block, kh, kw, sh, sw, pt, pl, dh, dw,
+                                  groups, n_threads)
+
+    return conv2d_fwd_direct
 
 
 def pinned_blas(kernel):

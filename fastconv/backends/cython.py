@@ -17,7 +17,8 @@ finally:
     if _saved is None:
         del os.environ["GOMP_SPINCOUNT"]
 
-from ._compiled import im2col_convolutions, pinned_blas, winograd_convolutions  # noqa: E402
+from ._compiled import (  # noqa: E402
+    direct_forward, im2col_convolutions, pinned_blas, winograd_convolutions)
 
 im2col = _kernels.im2col
 col2im = _kernels.col2im
@@ -32,7 +33,7 @@ adaptive_avgpool2d_fwd = _kernels.adaptive_avgpool2d_fwd
 adaptive_avgpool2d_bwd = _kernels.adaptive_avgpool2d_bwd
 channel_affine = _kernels.channel_affine
 linear_fwd = pinned_blas(_kernels.linear_fwd)
-conv2d_fwd_direct = _kernels.conv2d_fwd_direct
+conv2d_fwd_direct = direct_forward(_kernels)
 conv2d_bwd_data_direct = _kernels.conv2d_bwd_data_direct
 conv2d_bwd_weight_direct = _kernels.conv2d_bwd_weight_direct
 conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col = \
