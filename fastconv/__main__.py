@@ -107,6 +107,11 @@ def cmd_bench(args):
         title = "forward" if direction == "forward" else "backward (grad_x,w,b)"
         results[title] = _conv_section(title, conv_layers, names, args, n_threads,
                                        direction == "backward")
+    grouped_layers = _selected(bench.GROUPED_LAYERS, args.layers)
+    for direction in passes if grouped_layers else []:
+        title = f"grouped {direction}" if direction == "forward" else "grouped backward"
+        results[title] = _conv_section(title, grouped_layers, names, args, n_threads,
+                                       direction == "backward")
     transpose_layers = _selected(bench.TRANSPOSE_LAYERS, args.layers)
     for direction in passes if transpose_layers else []:
         _rate_section(f"transposed conv {direction}", "GFLOP/s", transpose_layers,

@@ -35,19 +35,20 @@ class ConvLayer:
     kernel: tuple
     stride: int
     padding: tuple
+    groups: int = 1
 
     def arrays(self, dtype=np.float32, seed=0):
         return _random_arrays((self.n, self.c_in, self.size, self.size),
-                              (self.c_out, self.c_in) + self.kernel, dtype, seed)
+                              (self.c_out, self.c_in // self.groups) + self.kernel, dtype, seed)
 
     def kwargs(self):
-        return dict(stride=self.stride, padding=self.padding)
+        return dict(stride=self.stride, padding=self.padding, groups=self.groups)
 
 
-def _layer(name, n, c_in, c_out, size, k, s, p):
+def _layer(name, n, c_in, c_out, size, k, s, p, groups=1):
     k = k if isinstance(k, tuple) else (k, k)
     p = p if isinstance(p, tuple) else (p, p)
-    return ConvLayer(name, n, c_in, c_out, size, k, s, p)
+    return ConvLayer(name, n, c_in, c_out, size, k, s, p, groups)
 
 
 CONV_LAYERS = [
@@ -67,6 +68,16 @@ CONV_LAYERS = [
     _layer("resnet50.layer4.conv2", 1, 512, 512, 7, 3, 1, 1),
     _layer("inception3.7x1", 1, 192, 192, 17, (7, 1), 1, (3, 0)),
     _layer("vgg16.conv3_2.b8", 8, 256, 256, 56, 3, 1, 1),
+]
+
+# Grouped and depthwise layers, beside DESIGN.md's set: where the direct forward
+# is meant to beat im2col (MobileNet-style depthwise 3x3, ResNeXt-style groups)
+GROUPED_LAYERS = [
+    _layer("depthwise.256.56", 1, 256, 256, 56, 3, 1, 1, groups=256),
+    _layer("depthwise.128.112.s2", 1, 128, 128, 112, 3, 2, 1, groups=128),
+    _layer("depthwise.512.14", 1, 512, 512, 14, 3, 1, 1, groups=512),
+    _layer("grouped32.128.56", 1, 128, 128, 56, 3, 1, 1, groups=32),
+    _layer("grouped8.256.28", 1, 256, 256, 28, 3, 1, 1, groups=8),
 ]
 
 
@@ -194,7 +205,7 @@ def _torch(n_threads):
 def conv_candidates(layer, backend_names=None, all_algorithms=True):
     """(backend, algorithm) pairs that can run ``layer``: every algorithm, or "auto" only."""
     x, w = layer.arrays()
-    geometry = conv2d_geometry(x, w, None, layer.stride, layer.padding, 1, 1)[3]
+    geometry = conv2d_geometry(x, w, None, layer.stride, layer.padding, 1, layer.groups)[3]
     pairs = []
     for name in backend_names or backends.available_backends():
         algos = functional.algorithms(name) if all_algorithms else ["auto"]
@@ -207,13 +218,14 @@ def _torch_conv(torch, layer, x, w, backward):
     """PyTorch's forward, or its backward alone (no forward): grad_x, grad_w and grad_b,
     the three that fastconv's conv2d_backward returns."""
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-    kw = dict(stride=layer.stride, padding=layer.padding)
+    kw = layer.kwargs()
     if not backward:
         return lambda: torch.nn.functional.conv2d(xt, wt, **kw)
     dy = torch.ones_like(torch.nn.functional.conv2d(xt, wt, **kw))
     stride, padding = [layer.stride] * 2, list(layer.padding)
     return lambda: torch.ops.aten.convolution_backward(
-        dy, xt, wt, [layer.c_out], stride, padding, [1, 1], False, [0, 0], 1, [True, True, True])
+        dy, xt, wt, [layer.c_out], stride, padding, [1, 1], False, [0, 0], layer.groups,
+        [True, True, True])
 
 
 def run_conv(layer, backend_names=None, all_algorithms=True, rounds=5, n_threads=None,

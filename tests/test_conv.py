@@ -266,13 +266,14 @@ def test_empty_batch(backend, algo, dtype):
 
 
 def _design_layer_cases():
-    """DESIGN.md section 6 by name, on every compiled backend and algorithm; the plain
-    direct loops only on the layers they take well under a second for. Batches are
-    cut to 2 images (the batch-8 layer keeps its batched path)."""
-    from fastconv.bench import CONV_LAYERS
+    """DESIGN.md section 6 and the grouped bench layers by name, on every compiled backend
+    and algorithm; the direct gradients' plain loops only on the layers they take well
+    under a second for. Batches are cut to 2 images (the batch-8 layer keeps its batched
+    path)."""
+    from fastconv.bench import CONV_LAYERS, GROUPED_LAYERS
     cases = []
-    for layer in CONV_LAYERS:
-        work = layer.c_in * layer.kernel[0] * layer.kernel[1] * layer.c_out
+    for layer in CONV_LAYERS + GROUPED_LAYERS:
+        work = layer.c_in * layer.kernel[0] * layer.kernel[1] * layer.c_out // layer.groups
         for backend, algo in backend_algorithms():
             if backend == "numpy" or algo.startswith("winograd"):
                 continue
