@@ -688,14 +688,20 @@ def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
 # is what a tap-by-tap loop costs, made the depthwise 3x3 layers 1.5x slower.
 # Every output channel of the group reads the same planes, which stay in L2.
 #
-# The gradients: each output row accumulates, tap by tap, a scaled row of dY
-# (or of X); a task is one image, group and block of KB channels, so that every
-# row loaded is used KB times while the KB rows written stay in L1.
+# The weight gradient builds the same planes: dW[k, (c, i, j)] is the dot
+# product of dY_k's block, laid out in the same wide rows (0 past each row's
+# end), with the run of term (c, i, j). The data gradient: each input row
+# accumulates, tap by tap, a scaled row of dY; a task is one image, group and
+# block of KB input channels, so that every row loaded is used KB times while
+# the KB rows written stay in L1.
 
 cdef enum:
     DIRECT_KB = 2   # output channels a run adds into
     DIRECT_CB = 4   # terms (c, i, j) a run adds
-    KB = 8          # channels per task of the gradients
+    DIRECT_LANES = 16   # partial sums of a weight gradient's dot product
+    KB = 8          # input channels per task of the data gradient
+
+DIRECT_OUTPUTS = DIRECT_KB
 
 
 cdef void _direct_planes(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
@@ -879,41 +885,82 @@ def conv2d_bwd_data_direct(const floating[:, :, :, ::1] dy,   # IN  (N, K, OH, O
                                     dx[n, g * Cg + c, ih, ow * sw + iw0] += wv * dy[n, k, oh, ow]
 
 
+cdef floating _dot(const floating* a, const floating* b, Py_ssize_t L) noexcept nogil:
+    """sum over p < L of a[p] * b[p], in DIRECT_LANES interleaved partial sums: a single
+    running sum is a chain of dependent adds, which no compiler vectorises without
+    licence to reorder them."""
+    cdef floating lanes[DIRECT_LANES]
+    cdef floating total
+    cdef Py_ssize_t chunk, p0, p, v, body = L - L % DIRECT_LANES
+    for v in range(DIRECT_LANES):
+        lanes[v] = 0
+    for chunk in range(body // DIRECT_LANES):
+        p0 = chunk * DIRECT_LANES
+        for v in range(DIRECT_LANES):
+            lanes[v] += a[p0 + v] * b[p0 + v]
+    total = lanes[0]
+    for v in range(1, DIRECT_LANES):
+        total += lanes[v]
+    for p in range(body, L):
+        total += a[p] * b[p]
+    return total
+
+
 def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, OW)
                              const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                              floating[:, :, :, ::1] dw_,       # OUT (K, C/g, kh, kw)
+                             floating[:, ::1] work,            # workspace (threads, planes + dY)
+                             floating[:, :, ::1] partial,      # (threads, K, C/g*kh*kw)
+                             Py_ssize_t block,                 # output rows per task
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                              Py_ssize_t groups, int n_threads):
-    """dw[k,c,i,j] = sum_{n,oh,ow} dy[n,k,oh,ow] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    """dw[k, (c, i, j)] = sum over images and blocks of dY_k's block in wide rows (0 past
+    each row's end) . the run of term (c, i, j) in the block's planes (the forward's);
+    each thread adds into its own partial dW, and the partials are summed in order."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t Cg = C // groups, Kg = K // groups
-    cdef Py_ssize_t n, g, k, c, i, j, oh, ow, ih, iw0, ow0, ow1
-    cdef floating acc
+    cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
+    cdef Py_ssize_t Qw = OW + (kw - 1) * dw // sw, reach = (kh - 1) * dh // sh
+    cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = N * groups * n_blk
+    cdef Py_ssize_t t, turn, task, n, g, oh0, rows, n_rows, L, k, q, r, ow
+    cdef floating* planes
+    cdef floating* wide
+    cdef floating* dwf = &dw_[0, 0, 0, 0]
+    cdef Py_ssize_t* offsets
+    cdef floating total
     with nogil:
-        # a task owns one output channel's weights
+        for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+            offsets = <Py_ssize_t*> malloc(CKK * sizeof(Py_ssize_t))
+            for k in range(K):
+                for q in range(CKK):
+                    partial[t, k, q] = 0
+            for turn in range(_ceil_div(n_tasks - t, n_threads)):
+                task = t + turn * n_threads
+                n, g, oh0 = task // (groups * n_blk), task // n_blk % groups, task % n_blk * block
+                rows = min(block, OH - oh0)
+                n_rows, L = rows + reach, (rows - 1) * Qw + OW
+                planes = &work[t, 0]
+                wide = planes + Cg * sh * sw * n_rows * Qw
+                _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, sh, sw, pt, pl, planes)
+                _tap_offsets(offsets, CKK, kh, kw, n_rows, Qw, sh, sw, dh, dw)
+                for k in range(Kg):
+                    for r in range(rows):
+                        for ow in range(OW):
+                            wide[k * L + r * Qw + ow] = dy[n, g * Kg + k, oh0 + r, ow]
+                        if r < rows - 1:
+                            for ow in range(OW, Qw):
+                                wide[k * L + r * Qw + ow] = 0
+                for k in range(Kg):
+                    for q in range(CKK):
+                        partial[t, g * Kg + k, q] += _dot(wide + k * L, planes + offsets[q], L)
+            free(offsets)
         for k in prange(K, schedule="static", num_threads=n_threads):
-            g = k // Kg
-            for c in range(Cg):
-                for i in range(kh):
-                    for j in range(kw):
-                        dw_[k, c, i, j] = 0
-            for n in range(N):
-                for c in range(Cg):
-                    for i in range(kh):
-                        for j in range(kw):
-                            iw0 = j * dw - pl
-                            ow0 = _first_inside(iw0, sw, OW)
-                            ow1 = _end_inside(iw0, sw, W, ow0, OW)
-                            acc = 0
-                            for oh in range(OH):
-                                ih = oh * sh - pt + i * dh
-                                if ih < 0 or ih >= H:
-                                    continue
-                                for ow in range(ow0, ow1):
-                                    acc = acc + dy[n, k, oh, ow] * x[n, g * Cg + c, ih, ow * sw + iw0]
-                            dw_[k, c, i, j] += acc
+            for q in range(CKK):
+                total = partial[0, k, q]
+                for t in range(1, n_threads):
+                    total = total + partial[t, k, q]
+                dwf[k * CKK + q] = total
 
 
 # ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ pnjit = numba.njit(cache=True, nogil=True, parallel=True)
 # Fused multiply-adds (no other fast-math liberty) where an inner loop is a sum of
 # products: gcc fuses them by default in the Cython twin.
 njit_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"})
+# and, for a dot product, sums in any order
+njit_sum = numba.njit(cache=True, nogil=True, fastmath={"contract", "reassoc"})
 
 
 # ---------------------------------------------------------------------------
@@ -670,13 +672,17 @@ def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
 # is what a tap-by-tap loop costs, made the depthwise 3x3 layers 1.5x slower.
 # Every output channel of the group reads the same planes, which stay in L2.
 #
-# The gradients: each output row accumulates, tap by tap, a scaled row of dY
-# (or of X); a task is one image, group and block of KB channels, so that every
-# row loaded is used KB times while the KB rows written stay in L1.
+# The weight gradient builds the same planes: dW[k, (c, i, j)] is the dot
+# product of dY_k's block, laid out in the same wide rows (0 past each row's
+# end), with the run of term (c, i, j). The data gradient: each input row
+# accumulates, tap by tap, a scaled row of dY; a task is one image, group and
+# block of KB input channels, so that every row loaded is used KB times while
+# the KB rows written stay in L1.
 
 DIRECT_KB = 2   # output channels a run adds into
 DIRECT_CB = 4   # terms (c, i, j) a run adds
-KB = 8          # channels per task of the gradients
+DIRECT_OUTPUTS = DIRECT_KB
+KB = 8          # input channels per task of the data gradient
 
 
 @njit
@@ -838,39 +844,66 @@ def conv2d_bwd_data_direct(dy,  # IN  (N, K, OH, OW)
                                 dxrow[_u(ow * sw + iw0)] += wv * dyrow[_u(ow)]
 
 
+@njit_sum
+def _dot(a, a0, b, b0, L):
+    """sum over p < L of a[a0 + p] * b[b0 + p]. A single running sum is a chain of
+    dependent adds, which no compiler vectorises without licence to reorder them: the
+    Cython twin keeps DIRECT_LANES partial sums in an array that gcc holds in
+    registers; Numba's arrays live in memory (0.35 ns a term here), so LLVM is let
+    reorder this sum instead (``reassoc``: 0.13 ns)."""
+    total = a[a0] * 0
+    for p in range(L):
+        total += a[_u(a0 + p)] * b[_u(b0 + p)]
+    return total
+
+
 @pnjit
-def conv2d_bwd_weight_direct(dy,   # IN  (N, K, OH, OW)
-                             x,    # IN  (N, C, H, W)
-                             dw_,  # OUT (K, C/g, kh, kw)
+def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
+                             x,        # IN  (N, C, H, W)
+                             dw_,      # OUT (K, C/g, kh, kw)
+                             work,     # workspace (threads, planes of C/g channels + K/g*block*Qw)
+                             partial,  # (threads, K, C/g*kh*kw)
+                             block,    # output rows per task
                              kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """dw[k,c,i,j] = sum_{n,oh,ow} dy[n,k,oh,ow] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
-    N, C, H, W = x.shape
+    """dw[k, (c, i, j)] = sum over images and blocks of dY_k's block in wide rows (0 past
+    each row's end) . the run of term (c, i, j) in the block's planes (the forward's);
+    each thread adds into its own partial dW, and the partials are summed in order."""
+    N, C = x.shape[0], x.shape[1]
     K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     Cg, Kg = C // groups, K // groups
-    # a task owns one output channel's weights
+    CKK = Cg * kh * kw
+    Qw, reach = OW + (kw - 1) * dw // sw, (kh - 1) * dh // sh
+    n_blk = _ceil_div(OH, block)
+    n_tasks = N * groups * n_blk
+    for t in prange(n_threads):
+        ws = work[t]
+        offsets = np.empty(CKK, np.int64)
+        partial[t] = 0
+        for task in range(t, n_tasks, n_threads):
+            n, g, oh0 = task // (groups * n_blk), task // n_blk % groups, task % n_blk * block
+            rows = min(block, OH - oh0)
+            n_rows, L = rows + reach, (rows - 1) * Qw + OW
+            planes, wide = ws[:Cg * sh * sw * n_rows * Qw], ws[Cg * sh * sw * n_rows * Qw:]
+            _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, sh, sw, pt, pl, planes)
+            _tap_offsets(offsets, CKK, kh, kw, n_rows, Qw, sh, sw, dh, dw)
+            for k in range(Kg):
+                for r in range(rows):
+                    dyrow = dy[n, g * Kg + k, oh0 + r]
+                    for ow in range(OW):
+                        wide[_u(k * L + r * Qw + ow)] = dyrow[_u(ow)]
+                    if r < rows - 1:
+                        for ow in range(OW, Qw):
+                            wide[k * L + r * Qw + ow] = 0
+            for k in range(Kg):
+                for q in range(CKK):
+                    partial[t, g * Kg + k, q] += _dot(wide, k * L, planes, offsets[q], L)
+    dwf = dw_.reshape(-1)
     for k in prange(K):
-        g = k // Kg
-        for c in range(Cg):
-            for i in range(kh):
-                for j in range(kw):
-                    dw_[k, c, i, j] = 0
-        for n in range(N):
-            for c in range(Cg):
-                for i in range(kh):
-                    for j in range(kw):
-                        iw0 = j * dw - pl
-                        ow0 = _first_inside(iw0, sw, OW)
-                        ow1 = _end_inside(iw0, sw, W, ow0, OW)
-                        acc = dw_.dtype.type(0)
-                        for oh in range(OH):
-                            ih = oh * sh - pt + i * dh
-                            if ih < 0 or ih >= H:
-                                continue
-                            dyrow = dy[n, k, oh]
-                            xrow = x[n, g * Cg + c, ih]
-                            for ow in range(ow0, ow1):
-                                acc = acc + dyrow[_u(ow)] * xrow[_u(ow * sw + iw0)]
-                        dw_[k, c, i, j] += acc
+        for q in range(CKK):
+            total = partial[0, k, q]
+            for t in range(1, n_threads):
+                total += partial[t, k, q]
+            dwf[k * CKK + q] = total
 
 
 # ---------------------------------------------------------------------------

@@ -71,9 +71,14 @@ def choose_algorithm(geometry, requested, available, backend_name, op="conv2d"):
 # with fastconv bench-style timings on 2 cores (Xeon, AVX-512), where direct
 # won up to about 3e5 multiply-adds and im2col everywhere above.
 DIRECT_MAX_MACS = 200_000
-# The compiled direct forward also beats im2col on depthwise and grouped layers
-# (README), but "auto" does not send those there: the backward follows the
-# forward's algorithm, and the direct gradients run 2-16x slower than im2col's.
+
+# The compiled direct kernels (stride-phase planes, fastconv/_kernels.pyx) beat
+# im2col on the depthwise layers of fastconv.bench.GROUPED_LAYERS (one input
+# channel per group), forward by 1.1-2x and both gradients together by up to 1.5x
+# (2 cores, same process). With several channels per group (32 or 8 groups) the
+# forward still wins, but the data gradient, still a tap-by-tap loop, loses 2-8x,
+# and a backward pass follows its forward's algorithm: those stay with im2col.
+DIRECT_BACKENDS = ("cython", "numba")
 
 
 # Winograd pays when its transforms are amortised over enough channels and
@@ -88,11 +93,15 @@ WINOGRAD_BACKENDS = ("cython", "numba")
 
 
 def auto_algorithm(geometry, available, backend_name):
-    """The algorithm ``"auto"`` runs: direct for tiny convolutions, Winograd for 3x3
+    """The algorithm ``"auto"`` runs: direct for tiny and (compiled) depthwise
+    convolutions, Winograd for 3x3
     stride-1 layers with enough channels and pixels (by the backend's rule), else
     im2col + BLAS."""
     g = geometry
     if "direct" in available and g.macs <= DIRECT_MAX_MACS:
+        return "direct"
+    if "direct" in available and backend_name in DIRECT_BACKENDS and g.groups > 1 and \
+            g.c_in == g.groups:
         return "direct"
     pixels = g.oh * g.ow
     channels, least, f6 = WINOGRAD_RULE

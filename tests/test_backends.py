@@ -143,6 +143,18 @@ def test_auto_picks_direct_only_for_tiny_convolutions():
     assert choose_algorithm(large, "auto", algos, "cython") == "im2col"
 
 
+@pytest.mark.parametrize("groups,expected", [(64, "direct"), (32, "im2col"), (1, "winograd4")])
+def test_auto_picks_direct_for_depthwise_layers_on_compiled_backends(groups, expected):
+    x = np.zeros((1, 64, 56, 56))
+    w = np.zeros((64, 64 // groups, 3, 3))
+    g = conv2d_geometry(x, w, None, 1, 1, 1, groups)[3]
+    for backend in ("cython", "numba"):
+        assert choose_algorithm(g, "auto", ALGORITHMS, backend) == expected
+    assert choose_algorithm(g, "auto", ALGORITHMS, "numpy") == "im2col"
+    assert choose_algorithm(g, "auto", ("im2col", "direct"), "cython") == \
+        ("direct" if expected == "direct" else "im2col")
+
+
 @pytest.mark.parametrize("channels,size,kernel,stride,expected", [
     (64, 224, 3, 1, "winograd6"),     # VGG-16 conv1_2
     (256, 56, 3, 1, "winograd4"),     # VGG-16 conv3_2

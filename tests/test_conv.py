@@ -169,10 +169,12 @@ def test_strided_lowering_in_stride_phases(monkeypatch, backend, rows_per_block,
     (3, (1, 7), (5, 5), (1, 1), (0, 0), (1, 1), 1),      # LeNet's c1: odd output channels
     (1, (3, 4), (11, 11), (4, 4), (2, 2), (1, 1), 1),    # AlexNet's conv1
 ])
-def test_direct_forward_in_wide_rows(monkeypatch, backend, rows_per_block, batch, channels,
-                                     kernel, stride, padding, dilation, groups):
-    """The direct forward sums runs of stride-phase planes over wide output rows: against
-    the oracle with bias, in blocks of one output row and in cache-sized blocks."""
+def test_direct_forward_and_weight_gradient_in_wide_rows(monkeypatch, backend, rows_per_block,
+                                                         batch, channels, kernel, stride,
+                                                         padding, dilation, groups):
+    """The direct forward sums runs of stride-phase planes over wide output rows, and the
+    weight gradient takes dot products of those runs with dY laid out in the same rows:
+    against the oracle, in blocks of one output row and in cache-sized blocks."""
     from fastconv.backends import _workspace
 
     rng = np.random.default_rng(23)
@@ -182,15 +184,20 @@ def test_direct_forward_in_wide_rows(monkeypatch, backend, rows_per_block, batch
     b = rng.standard_normal(c_out)
     args = (stride, (padding[0],) * 2 + (padding[1],) * 2, dilation, groups)
     y_ref = oracle.conv2d(x, w, b, *args)
+    dy = rng.standard_normal(y_ref.shape)
+    refs = oracle.conv2d_backward(dy, x, w, *args)
+    kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+              algorithm="direct", backend=backend)
     if rows_per_block:
         monkeypatch.setattr(_workspace, "_limit", 1)
     before = fc.get_num_threads()
     fc.set_num_threads(2)
     try:
         for dtype in (np.float32, np.float64):
-            y = fc.conv2d(*_cast(dtype, x, w, b), stride=stride, padding=padding,
-                          dilation=dilation, groups=groups, algorithm="direct", backend=backend)
-            assert rel_err(y, y_ref) <= TOLERANCE[dtype, "direct"]
+            x_, w_, b_, dy_ = _cast(dtype, x, w, b, dy)
+            assert rel_err(fc.conv2d(x_, w_, b_, **kw), y_ref) <= TOLERANCE[dtype, "direct"]
+            for grad, ref in zip(fc.conv2d_backward(dy_, x_, w_, **kw), refs):
+                assert rel_err(grad, ref) <= TOLERANCE[dtype, "direct"]
     finally:
         fc.set_num_threads(before)
 

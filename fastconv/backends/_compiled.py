@@ -55,16 +55,26 @@ def im2col_convolutions(kernels):
     return conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col
 
 
-def direct_forward(kernels):
-    """``conv2d_fwd_direct`` with its workspace (``direct_workspace``)."""
+def direct_convolutions(kernels):
+    """``(conv2d_fwd_direct, conv2d_bwd_weight_direct)`` with their workspaces
+    (``direct_workspace``); the data gradient needs none."""
 
     def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-        work, block = direct_workspace(x.shape, w.shape, y.shape, kh, kw, sh, sw, dh, dw,
-                                       groups, n_threads, x.dtype)
+        work, block = direct_workspace(w.shape, y.shape, kh, kw, sh, sw, dh, dw, groups,
+                                       n_threads, x.dtype, kernels.DIRECT_OUTPUTS)
         kernels.conv2d_fwd_direct(x, w, b, y, work, block, kh, kw, sh, sw, pt, pl, dh, dw,
                                   groups, n_threads)
 
-    return conv2d_fwd_direct
+    def conv2d_bwd_weight_direct(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                 n_threads):
+        k = dw_.shape[0]
+        work, block = direct_workspace(dw_.shape, dy.shape, kh, kw, sh, sw, dh, dw, groups,
+                                       n_threads, x.dtype, k // groups)
+        partial = np.empty((n_threads, k, dw_[0].size), dw_.dtype)
+        kernels.conv2d_bwd_weight_direct(dy, x, dw_, work, partial, block, kh, kw, sh, sw,
+                                         pt, pl, dh, dw, groups, n_threads)
+
+    return conv2d_fwd_direct, conv2d_bwd_weight_direct
 
 
 def pinned_blas(kernel):

@@ -87,21 +87,22 @@ def balanced_rows(oh, most, images, n_threads):
     return min((-(-oh // b) for b in range(fewest, fewest + 2 * n_threads + 1)), key=busiest)
 
 
-def direct_workspace(x_shape, w_shape, y_shape, kh, kw, sh, sw, dh, dw, groups, n_threads,
-                     dtype):
-    """The direct forward's scratch, ``(work, block)``: a (threads, size) buffer and the
+def direct_workspace(w_shape, y_shape, kh, kw, sh, sw, dh, dw, groups, n_threads, dtype,
+                     wide_rows):
+    """The direct kernels' scratch, ``(work, block)``: a (threads, size) buffer and the
     output rows of a task. A task's stride-phase planes (C/g channels of block + reach
     rows of Qw) stay within ``CACHE_BLOCK`` bytes, since every output channel reads
-    them, and its accumulators (DIRECT_KB*block*Qw) within ``DIRECT_ACC`` values, so
-    that they stay in L1; the blocks are balanced between the threads as im2col's are."""
+    them, and its ``wide_rows`` rows of block*Qw (the forward's accumulators, the
+    weight gradient's block of dY) within ``DIRECT_ACC`` values, so that they stay in
+    L1; the blocks are balanced between the threads as im2col's are."""
     n, _, oh, ow = y_shape
     c_per_group, itemsize = w_shape[1], np.dtype(dtype).itemsize
     qw, reach = ow + (kw - 1) * dw // sw, (kh - 1) * dh // sh
     plane_row = c_per_group * sh * sw * qw * itemsize
-    most = max(1, min(DIRECT_ACC // (2 * qw), CACHE_BLOCK // plane_row - reach,
+    most = max(1, min(DIRECT_ACC // (wide_rows * qw), CACHE_BLOCK // plane_row - reach,
                       _limit // n_threads // plane_row - reach))
     block = balanced_rows(oh, most, n * groups, n_threads)
-    size = c_per_group * sh * sw * (block + reach) * qw + 2 * block * qw
+    size = c_per_group * sh * sw * (block + reach) * qw + wide_rows * block * qw
     return np.empty((n_threads, size), dtype), block
 
 
