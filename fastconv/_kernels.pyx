@@ -706,11 +706,13 @@ DIRECT_OUTPUTS = DIRECT_KB
 
 cdef void _direct_planes(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
                          Py_ssize_t n_c, Py_ssize_t oh0, Py_ssize_t n_rows, Py_ssize_t Qw,
-                         Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                         floating* planes) noexcept nogil:
-    """planes[((c*sh + a)*sw + b)*n_rows*Qw + r*Qw + q] = x[n, c0 + c, (oh0 + r)*sh + a - pt,
-    q*sw + b - pl], 0 in the padding."""
-    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], c, a, r, b, q, ih
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                         floating* planes, Py_ssize_t* offsets) noexcept nogil:
+    """A task's planes, planes[((c*sh + a)*sw + b)*n_rows*Qw + r*Qw + q] = x[n, c0 + c,
+    (oh0 + r)*sh + a - pt, q*sw + b - pl] (0 in the padding), and offsets[q] = where the
+    run of term q = (c*kh + i)*kw + j, channel c's tap (i, j), starts in them."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], c, a, r, b, q, ih, i, j
     cdef floating* d
     for c in range(n_c):
         for a in range(sh):
@@ -723,6 +725,10 @@ cdef void _direct_planes(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_
                             d[b * n_rows * Qw + q] = 0
                 else:
                     _split_phases(&x[n, c0 + c, ih, 0], W, sw, pl, Qw, d, n_rows * Qw)
+    for q in range(n_c * kh * kw):
+        c, i, j = q // (kh * kw), q // kw % kh, q % kw
+        offsets[q] = ((c * sh + i * dh % sh) * sw + j * dw % sw) * n_rows * Qw \
+            + i * dh // sh * Qw + j * dw // sw
 
 
 # A run: the accumulators s[:L] (and s[L:2L]) += the weighted runs of the planes
@@ -767,18 +773,6 @@ cdef void _run1(const floating* planes, Py_ssize_t o0, floating* s, Py_ssize_t L
         s[p] += w0 * planes[o0 + p]
 
 
-cdef void _tap_offsets(Py_ssize_t* offsets, Py_ssize_t CKK, Py_ssize_t kh, Py_ssize_t kw,
-                       Py_ssize_t n_rows, Py_ssize_t Qw, Py_ssize_t sh, Py_ssize_t sw,
-                       Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
-    """offsets[q] = where term q = (c*kh + i)*kw + j, channel c's tap (i, j), starts in a
-    task's planes."""
-    cdef Py_ssize_t q, c, i, j
-    for q in range(CKK):
-        c, i, j = q // (kh * kw), q // kw % kh, q % kw
-        offsets[q] = ((c * sh + i * dh % sh) * sw + j * dw % sw) * n_rows * Qw \
-            + i * dh // sh * Qw + j * dw // sw
-
-
 def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       const floating[:, :, :, ::1] w,     # IN  (K, C/g, kh, kw)
                       const floating[::1] b,              # IN  (K,)
@@ -811,8 +805,8 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                 n_rows, L = rows + reach, (rows - 1) * Qw + OW
                 planes = &work[t, 0]
                 sums = planes + Cg * sh * sw * n_rows * Qw     # the accumulators follow
-                _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, sh, sw, pt, pl, planes)
-                _tap_offsets(offsets, CKK, kh, kw, n_rows, Qw, sh, sw, dh, dw)
+                _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh,
+                               dw, planes, offsets)
                 for pair in range(_ceil_div(Kg, DIRECT_KB)):
                     k0 = g * Kg + pair * DIRECT_KB
                     two = k0 + 1 < (g + 1) * Kg
@@ -942,8 +936,8 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
                 n_rows, L = rows + reach, (rows - 1) * Qw + OW
                 planes = &work[t, 0]
                 wide = planes + Cg * sh * sw * n_rows * Qw
-                _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, sh, sw, pt, pl, planes)
-                _tap_offsets(offsets, CKK, kh, kw, n_rows, Qw, sh, sw, dh, dw)
+                _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh,
+                               dw, planes, offsets)
                 for k in range(Kg):
                     for r in range(rows):
                         for ow in range(OW):

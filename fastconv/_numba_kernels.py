@@ -686,9 +686,11 @@ KB = 8          # input channels per task of the data gradient
 
 
 @njit
-def _direct_planes(x, n, c0, n_c, oh0, n_rows, Qw, sh, sw, pt, pl, planes):
-    """planes[((c*sh + a)*sw + b)*n_rows*Qw + r*Qw + q] = x[n, c0 + c, (oh0 + r)*sh + a - pt,
-    q*sw + b - pl], 0 in the padding."""
+def _direct_planes(x, n, c0, n_c, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh, dw, planes,
+                   offsets):
+    """A task's planes, planes[((c*sh + a)*sw + b)*n_rows*Qw + r*Qw + q] = x[n, c0 + c,
+    (oh0 + r)*sh + a - pt, q*sw + b - pl] (0 in the padding), and offsets[q] = where the
+    run of term q = (c*kh + i)*kw + j, channel c's tap (i, j), starts in them."""
     H, W = x.shape[2], x.shape[3]
     for c in range(n_c):
         for a in range(sh):
@@ -701,6 +703,10 @@ def _direct_planes(x, n, c0, n_c, oh0, n_rows, Qw, sh, sw, pt, pl, planes):
                             planes[d + b * n_rows * Qw + q] = 0
                 else:
                     _split_phases(x[n, c0 + c, ih], W, sw, pl, Qw, planes, d, n_rows * Qw)
+    for q in range(n_c * kh * kw):
+        c, i, j = q // (kh * kw), q // kw % kh, q % kw
+        offsets[q] = ((c * sh + i * dh % sh) * sw + j * dw % sw) * n_rows * Qw \
+            + i * dh // sh * Qw + j * dw // sw
 
 
 # A run: the accumulators s[:L] (and s[L:2L]) += the weighted runs of the planes
@@ -736,16 +742,6 @@ def _run1(planes, o0, s, L, w0):
         s[_u(p)] += w0 * planes[_u(o0 + p)]
 
 
-@njit
-def _tap_offsets(offsets, CKK, kh, kw, n_rows, Qw, sh, sw, dh, dw):
-    """offsets[q] = where term q = (c*kh + i)*kw + j, channel c's tap (i, j), starts in a
-    task's planes."""
-    for q in range(CKK):
-        c, i, j = q // (kh * kw), q // kw % kh, q % kw
-        offsets[q] = ((c * sh + i * dh % sh) * sw + j * dw % sw) * n_rows * Qw \
-            + i * dh // sh * Qw + j * dw // sw
-
-
 @pnjit
 def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
                       w,      # IN  (K, C/g, kh, kw)
@@ -772,8 +768,8 @@ def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
             rows = min(block, OH - oh0)
             n_rows, L = rows + reach, (rows - 1) * Qw + OW
             planes, sums = ws[:Cg * sh * sw * n_rows * Qw], ws[Cg * sh * sw * n_rows * Qw:]
-            _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, sh, sw, pt, pl, planes)
-            _tap_offsets(offsets, CKK, kh, kw, n_rows, Qw, sh, sw, dh, dw)
+            _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh, dw,
+                           planes, offsets)
             for pair in range(_ceil_div(Kg, DIRECT_KB)):
                 k0 = g * Kg + pair * DIRECT_KB
                 two = k0 + 1 < (g + 1) * Kg
@@ -884,8 +880,8 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
             rows = min(block, OH - oh0)
             n_rows, L = rows + reach, (rows - 1) * Qw + OW
             planes, wide = ws[:Cg * sh * sw * n_rows * Qw], ws[Cg * sh * sw * n_rows * Qw:]
-            _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, sh, sw, pt, pl, planes)
-            _tap_offsets(offsets, CKK, kh, kw, n_rows, Qw, sh, sw, dh, dw)
+            _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh, dw,
+                           planes, offsets)
             for k in range(Kg):
                 for r in range(rows):
                     dyrow = dy[n, g * Kg + k, oh0 + r]
