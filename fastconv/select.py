@@ -76,8 +76,9 @@ DIRECT_MAX_MACS = 200_000
 # im2col on the depthwise layers of fastconv.bench.GROUPED_LAYERS (one input
 # channel per group), forward by 1.1-2x and both gradients together by up to 1.5x
 # (2 cores, same process). With several channels per group (32 or 8 groups) the
-# forward still wins, but the data gradient, still a tap-by-tap loop, loses 2-8x,
-# and a backward pass follows its forward's algorithm: those stay with im2col.
+# forward and the data gradient still win, but the weight gradient (a dot product
+# per weight) loses 1.4-4x, and a backward pass follows its forward's algorithm:
+# those stay with im2col.
 DIRECT_BACKENDS = ("cython", "numba")
 
 

@@ -56,14 +56,32 @@ def im2col_convolutions(kernels):
 
 
 def direct_convolutions(kernels):
-    """``(conv2d_fwd_direct, conv2d_bwd_weight_direct)`` with their workspaces
-    (``direct_workspace``); the data gradient needs none."""
+    """``(conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_weight_direct)`` with their
+    workspaces (``direct_workspace``).
+
+    The data gradient of a stride-1 convolution is a forward convolution of dL/dY
+    with the weights rotated by 180 degrees and their channels swapped within each
+    group, padded by (k - 1)*d - p (a negative padding crops): the direct forward
+    does it. A strided one keeps the tap-by-tap kernel.
+    """
 
     def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         work, block = direct_workspace(w.shape, y.shape, kh, kw, sh, sw, dh, dw, groups,
                                        n_threads, x.dtype, kernels.DIRECT_OUTPUTS)
         kernels.conv2d_fwd_direct(x, w, b, y, work, block, kh, kw, sh, sw, pt, pl, dh, dw,
                                   groups, n_threads)
+
+    def conv2d_bwd_data_direct(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+        if sh != 1 or sw != 1:
+            kernels.conv2d_bwd_data_direct(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                           n_threads)
+            return
+        k, c = w.shape[0], dx.shape[1]
+        rotated = np.ascontiguousarray(
+            w.reshape(groups, k // groups, c // groups, kh, kw)[:, :, :, ::-1, ::-1]
+            .transpose(0, 2, 1, 3, 4).reshape(c, k // groups, kh, kw))
+        conv2d_fwd_direct(dy, rotated, np.zeros(c, dx.dtype), dx, kh, kw, 1, 1,
+                          (kh - 1) * dh - pt, (kw - 1) * dw - pl, dh, dw, groups, n_threads)
 
     def conv2d_bwd_weight_direct(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups,
                                  n_threads):
@@ -74,7 +92,7 @@ def direct_convolutions(kernels):
         kernels.conv2d_bwd_weight_direct(dy, x, dw_, work, partial, block, kh, kw, sh, sw,
                                          pt, pl, dh, dw, groups, n_threads)
 
-    return conv2d_fwd_direct, conv2d_bwd_weight_direct
+    return conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_weight_direct
 
 
 def pinned_blas(kernel):

@@ -33,8 +33,8 @@ adaptive_avgpool2d_fwd = _kernels.adaptive_avgpool2d_fwd
 adaptive_avgpool2d_bwd = _kernels.adaptive_avgpool2d_bwd
 channel_affine = _kernels.channel_affine
 linear_fwd = pinned_blas(_kernels.linear_fwd)
-conv2d_fwd_direct, conv2d_bwd_weight_direct = direct_convolutions(_kernels)
-conv2d_bwd_data_direct = _kernels.conv2d_bwd_data_direct
+conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_weight_direct = \
+    direct_convolutions(_kernels)
 conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col = \
     im2col_convolutions(_kernels)
 conv2d_fwd_winograd2, conv2d_bwd_data_winograd2, conv2d_bwd_weight_winograd2 = \
