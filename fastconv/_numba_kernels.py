@@ -674,10 +674,11 @@ def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
 #
 # The weight gradient builds the same planes: dW[k, (c, i, j)] is the dot
 # product of dY_k's block, laid out in the same wide rows (0 past each row's
-# end), with the run of term (c, i, j). The data gradient: each input row
-# accumulates, tap by tap, a scaled row of dY; a task is one image, group and
-# block of KB input channels, so that every row loaded is used KB times while
-# the KB rows written stay in L1.
+# end), with the run of term (c, i, j). The data gradient of a stride-1
+# convolution is this forward over dY (backends/_compiled.py); a strided one
+# runs here: each input row accumulates, tap by tap, a scaled row of dY; a task
+# is one image, group and block of KB input channels, so that every row loaded
+# is used KB times while the KB rows written stay in L1.
 
 DIRECT_KB = 2   # output channels a run adds into
 DIRECT_CB = 4   # terms (c, i, j) a run adds

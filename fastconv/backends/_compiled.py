@@ -9,7 +9,7 @@ the two expose the same names and arguments.
 
 import numpy as np
 
-from ..winograd import FILTERS, R, TRANSFORMS
+from ..winograd import FILTERS, R, TRANSFORMS, rotated_weights
 from . import kernel_blas_single_threaded
 from ._workspace import (direct_workspace, im2col_workspace, per_image_gradients, whole_rows,
                          winograd_workspace)
@@ -76,12 +76,9 @@ def direct_convolutions(kernels):
             kernels.conv2d_bwd_data_direct(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups,
                                            n_threads)
             return
-        k, c = w.shape[0], dx.shape[1]
-        rotated = np.ascontiguousarray(
-            w.reshape(groups, k // groups, c // groups, kh, kw)[:, :, :, ::-1, ::-1]
-            .transpose(0, 2, 1, 3, 4).reshape(c, k // groups, kh, kw))
-        conv2d_fwd_direct(dy, rotated, np.zeros(c, dx.dtype), dx, kh, kw, 1, 1,
-                          (kh - 1) * dh - pt, (kw - 1) * dw - pl, dh, dw, groups, n_threads)
+        conv2d_fwd_direct(dy, rotated_weights(w, groups), np.zeros(dx.shape[1], dx.dtype), dx,
+                          kh, kw, 1, 1, (kh - 1) * dh - pt, (kw - 1) * dw - pl, dh, dw, groups,
+                          n_threads)
 
     def conv2d_bwd_weight_direct(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups,
                                  n_threads):
