@@ -398,13 +398,19 @@ cdef inline bint _is_pointwise(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_s
         and OH == H and OW == W
 
 
+cdef inline Py_ssize_t _share(Py_ssize_t total, Py_ssize_t t, Py_ssize_t n_threads) noexcept nogil:
+    """Thread t of n_threads takes items [share(t), share(t+1)) of ``total``."""
+    return total * t // n_threads
+
+
 cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                     const floating[::1] b, floating[:, :, :, ::1] y, floating* cols, Py_ssize_t ld,
-                    Py_ssize_t n, Py_ssize_t g, Py_ssize_t oh0, Py_ssize_t rows, bint pointwise,
-                    bint whole_rows, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                    Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                    Py_ssize_t groups) noexcept nogil:
-    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1.
+                    Py_ssize_t n, Py_ssize_t g, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t oh0,
+                    Py_ssize_t rows, bint pointwise, bint whole_rows, Py_ssize_t kh, Py_ssize_t kw,
+                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
+                    Py_ssize_t dw, Py_ssize_t groups) noexcept nogil:
+    """Y_block = W_g . cols + b for one image n, output channels k0 .. k1-1 of group g and
+    output rows oh0 .. oh0+rows-1.
 
     The block starts as the bias and the product is added onto it (beta = 1): with
     beta = 0 BLAS would first make a pass of its own to zero it."""
@@ -413,33 +419,34 @@ cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef Py_ssize_t W = x.shape[3], K2 = kh * kw, k, p, q, r, ow
     cdef floating* yk
     cdef floating* product = cols + CKK * ld
+    cdef Py_ssize_t Kt = k1 - k0, kg = g * Kg + k0
     if whole_rows:      # the product, W columns per row, goes to the workspace's last Kg rows
         for q in range(CKK):
             _copy_run(&x[n, g * Cg + q // K2, 0, 0], HW,
                       _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols + q * ld,
                       rows * W)
-        for k in range(Kg):
+        for k in range(Kt):
             for p in range(rows * W):
-                product[k * ld + p] = b[g * Kg + k]
-        _gemm(False, False, Kg, rows * W, CKK, 1, &w[g * Kg, 0, 0, 0], CKK, cols, ld, 1,
+                product[k * ld + p] = b[kg + k]
+        _gemm(False, False, Kt, rows * W, CKK, 1, &w[kg, 0, 0, 0], CKK, cols, ld, 1,
               product, ld)
-        for k in range(Kg):
+        for k in range(Kt):
             for r in range(rows):
-                yk = &y[n, g * Kg + k, oh0 + r, 0]
+                yk = &y[n, kg + k, oh0 + r, 0]
                 for ow in range(OW):
                     yk[ow] = product[k * ld + r * W + ow]
         return
-    for k in range(g * Kg, (g + 1) * Kg):
+    for k in range(kg, kg + Kt):
         yk = &y[n, k, oh0, 0]
         for p in range(rows * OW):
             yk[p] = b[k]
     if pointwise:
-        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-              &x[n, g * Cg, oh0, 0], HW, 1, &y[n, g * Kg, oh0, 0], OHW)
+        _gemm(False, False, Kt, rows * OW, CKK, 1, &w[kg, 0, 0, 0], CKK,
+              &x[n, g * Cg, oh0, 0], HW, 1, &y[n, kg, oh0, 0], OHW)
     else:
         _lower_rows(x, n, g * Cg, 0, CKK, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-        _gemm(False, False, Kg, rows * OW, CKK, 1, &w[g * Kg, 0, 0, 0], CKK,
-              cols, ld, 1, &y[n, g * Kg, oh0, 0], OHW)
+        _gemm(False, False, Kt, rows * OW, CKK, 1, &w[kg, 0, 0, 0], CKK,
+              cols, ld, 1, &y[n, kg, oh0, 0], OHW)
 
 
 # Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
@@ -453,21 +460,25 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       bint whole_rows,                    # cols (threads, C/g*kh*kw + K/g, rows*W)
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                      Py_ssize_t groups, int n_threads):
-    """Y = W . im2col(X) + b, a task per image, group and block of output rows."""
-    cdef Py_ssize_t OH = y.shape[2], ld = cols.shape[2]
+                      Py_ssize_t groups, Py_ssize_t k_parts, int n_threads):
+    """Y = W . im2col(X) + b, a task per image, group, block of output rows and part of
+    the group's output channels."""
+    cdef Py_ssize_t OH = y.shape[2], ld = cols.shape[2], Kg = y.shape[1] // groups
     cdef Py_ssize_t block = ld // (x.shape[3] if whole_rows else y.shape[3])
-    cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = x.shape[0] * groups * n_blk
-    cdef Py_ssize_t t, q, task, oh0
+    cdef Py_ssize_t n_blk = _ceil_div(OH, block)
+    cdef Py_ssize_t n_tasks = x.shape[0] * groups * n_blk * k_parts
+    cdef Py_ssize_t t, q, task, part, rest, oh0
     cdef bint pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3],
                                         OH, y.shape[3])
     with nogil:
         for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
             for q in range(_ceil_div(n_tasks - t, n_threads)):
                 task = t + q * n_threads
-                oh0 = task % n_blk * block
-                _fwd_task(x, w, b, y, &cols[t, 0, 0], ld, task // (groups * n_blk),
-                          task // n_blk % groups, oh0, min(block, OH - oh0), pointwise,
+                part, rest = task % k_parts, task // k_parts
+                oh0 = rest % n_blk * block
+                _fwd_task(x, w, b, y, &cols[t, 0, 0], ld, rest // (groups * n_blk),
+                          rest // n_blk % groups, _share(Kg, part, k_parts),
+                          _share(Kg, part + 1, k_parts), oh0, min(block, OH - oh0), pointwise,
                           whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
@@ -483,11 +494,6 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
 # gradient: it lowers them, then adds dY_block . rows^T into its columns of
 # dW). Either way each thread owns what it writes and every sum has a fixed
 # order, so the results do not depend on scheduling.
-
-cdef inline Py_ssize_t _share(Py_ssize_t total, Py_ssize_t t, Py_ssize_t n_threads) noexcept nogil:
-    """Thread t of n_threads takes items [share(t), share(t+1)) of ``total``."""
-    return total * t // n_threads
-
 
 cdef void _bwd_data_block(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] w,
                           floating[:, :, :, ::1] dx, floating* cols, Py_ssize_t ld,

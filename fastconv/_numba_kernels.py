@@ -395,9 +395,16 @@ def _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW):
 
 
 @njit
-def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise, whole_rows,
+def _share(total, t, n_threads):
+    """Thread t of n_threads takes items [share(t), share(t+1)) of ``total``."""
+    return total * t // n_threads
+
+
+@njit
+def _fwd_task(x, w, b, y, cols, ld, n, g, k0, k1, oh0, rows, pointwise, whole_rows,
               kh, kw, sh, sw, pt, pl, dh, dw, groups):
-    """Y_block = W_g . cols + b for one image n, group g and output rows oh0 .. oh0+rows-1.
+    """Y_block = W_g . cols + b for one image n, output channels k0 .. k1-1 of group g and
+    output rows oh0 .. oh0+rows-1.
 
     The block starts as the bias and the product is added onto it (beta = 1): with
     beta = 0 BLAS would first make a pass of its own to zero it."""
@@ -406,34 +413,35 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, oh0, rows, pointwise, whole_rows,
     C, K, H, W, OH, OW = x.shape[1], y.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3]
     HW, OHW = H * W, OH * OW
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
-    y0 = (n * K + g * Kg) * OHW + oh0 * OW
+    Kt, kg = k1 - k0, g * Kg + k0
+    y0 = (n * K + kg) * OHW + oh0 * OW
     if whole_rows:      # the product, W columns per row, goes to the workspace's last Kg rows
         for q in range(CKK):
             _copy_run(xf, (n * C + g * Cg + q // K2) * HW, HW,
                       _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols, q * ld, rows * W)
         product = CKK * ld
-        for k in range(Kg):
+        for k in range(Kt):
             for p in range(rows * W):
-                cols[_u(product + k * ld + p)] = b[g * Kg + k]
-        _gemm(False, False, Kg, rows * W, CKK, 1, wf, g * Kg * CKK, CKK, cols, 0, ld, 1,
+                cols[_u(product + k * ld + p)] = b[kg + k]
+        _gemm(False, False, Kt, rows * W, CKK, 1, wf, kg * CKK, CKK, cols, 0, ld, 1,
               cols, product, ld)
-        for k in range(Kg):
+        for k in range(Kt):
             for r in range(rows):
                 yk = y0 + k * OHW + r * OW
                 at = product + k * ld + r * W
                 for ow in range(OW):
                     yf[_u(yk + ow)] = cols[_u(at + ow)]
         return
-    for k in range(g * Kg, (g + 1) * Kg):
+    for k in range(kg, kg + Kt):
         yk = (n * K + k) * OHW + oh0 * OW
         for p in range(rows * OW):
             yf[_u(yk + p)] = b[k]
     if pointwise:
-        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
+        _gemm(False, False, Kt, rows * OW, CKK, 1, wf, kg * CKK, CKK,
               xf, (n * C + g * Cg) * HW + oh0 * W, HW, 1, yf, y0, OHW)
     else:
         _lower_rows(x, n, g * Cg, 0, CKK, cols, 0, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
-        _gemm(False, False, Kg, rows * OW, CKK, 1, wf, g * Kg * CKK, CKK,
+        _gemm(False, False, Kt, rows * OW, CKK, 1, wf, kg * CKK, CKK,
               cols, 0, ld, 1, yf, y0, OHW)
 
 
@@ -447,19 +455,22 @@ def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
                       y,      # OUT (N, K, OH, OW)
                       cols,   # workspace (threads, C/g*kh*kw, rows*OW)
                       whole_rows,     # cols (threads, C/g*kh*kw + K/g, rows*W)
-                      kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """Y = W . im2col(X) + b, a task per image, group and block of output rows."""
-    OH, ld = y.shape[2], cols.shape[2]
+                      kh, kw, sh, sw, pt, pl, dh, dw, groups, k_parts, n_threads):
+    """Y = W . im2col(X) + b, a task per image, group, block of output rows and part of
+    the group's output channels."""
+    OH, ld, Kg = y.shape[2], cols.shape[2], y.shape[1] // groups
     block = ld // (x.shape[3] if whole_rows else y.shape[3])
     n_blk = _ceil_div(OH, block)
-    n_tasks = x.shape[0] * groups * n_blk
+    n_tasks = x.shape[0] * groups * n_blk * k_parts
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, x.shape[2], x.shape[3], OH, y.shape[3])
     for t in prange(n_threads):
         slot = cols[t].reshape(-1)
         for task in range(t, n_tasks, n_threads):
-            oh0 = task % n_blk * block
-            _fwd_task(x, w, b, y, slot, ld, task // (groups * n_blk), task // n_blk % groups,
-                      oh0, min(block, OH - oh0), pointwise, whole_rows, kh, kw, sh, sw, pt, pl,
+            part, rest = task % k_parts, task // k_parts
+            oh0 = rest % n_blk * block
+            _fwd_task(x, w, b, y, slot, ld, rest // (groups * n_blk), rest // n_blk % groups,
+                      _share(Kg, part, k_parts), _share(Kg, part + 1, k_parts), oh0,
+                      min(block, OH - oh0), pointwise, whole_rows, kh, kw, sh, sw, pt, pl,
                       dh, dw, groups)
 
 
@@ -475,12 +486,6 @@ def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
 # gradient: it lowers them, then adds dY_block . rows^T into its columns of
 # dW). Either way each thread owns what it writes and every sum has a fixed
 # order, so the results do not depend on scheduling.
-
-@njit
-def _share(total, t, n_threads):
-    """Thread t of n_threads takes items [share(t), share(t+1)) of ``total``."""
-    return total * t // n_threads
-
 
 @njit
 def _bwd_data_block(dy, w, dx, cols, cols0, ld, wide_dy, n, g, c0, c1, oh0, rows, pointwise,

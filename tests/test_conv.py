@@ -202,6 +202,40 @@ def test_direct_forward_and_weight_gradient_in_wide_rows(monkeypatch, backend, r
         fc.set_num_threads(before)
 
 
+@pytest.mark.parametrize("backend", [b for b in ("cython", "numba") if b in BACKENDS])
+@pytest.mark.parametrize("c_out,size,kernel,padding,groups,n_threads", [
+    (203, 7, (3, 3), (1, 1), 1, 2),     # ResNet-50's layer4 3x3, odd channels
+    (203, 7, (3, 3), (1, 1), 1, 3),
+    (101, 5, (1, 1), (0, 0), 1, 3),     # a 1x1 stride-1 product: no lowering
+    (99, 6, (3, 3), (1, 0), 1, 2),      # whole input rows lowered, 6 output rows of 4
+    (2 * 50, 3, (3, 2), (1, 1), 2, 4),  # two groups, two parts each
+])
+def test_forward_shares_output_channels_of_small_maps(backend, c_out, size, kernel, padding,
+                                                      groups, n_threads):
+    """Where the weights outweigh a lone image, the im2col forward's threads share its
+    output channels, each lowering the whole image: against the oracle, with the
+    channels split unevenly."""
+    from fastconv.backends._workspace import output_channel_parts
+
+    rng = np.random.default_rng(24)
+    x = rng.standard_normal((1, 4 * groups, size, size))
+    w = rng.standard_normal((c_out, 4) + kernel)
+    b = rng.standard_normal(c_out)
+    args = ((1, 1), (padding[0],) * 2 + (padding[1],) * 2, (1, 1), groups)
+    y_ref = oracle.conv2d(x, w, b, *args)
+    assert output_channel_parts(y_ref.shape, groups, n_threads) == n_threads // groups
+    before = fc.get_num_threads()
+    fc.set_num_threads(n_threads)
+    try:
+        for dtype in (np.float32, np.float64):
+            x_, w_, b_ = _cast(dtype, x, w, b)
+            y = fc.conv2d(x_, w_, b_, padding=padding, groups=groups, algorithm="im2col",
+                          backend=backend)
+            assert rel_err(y, y_ref) <= TOLERANCE[dtype, "im2col"]
+    finally:
+        fc.set_num_threads(before)
+
+
 @pytest.mark.parametrize("config", conv_transpose_configs(40, seed=2), ids=config_id)
 @pytest.mark.parametrize("backend", fc.available_backends())
 def test_conv_transpose2d_matches_naive_scatter(config, backend):

@@ -11,28 +11,29 @@ import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS, rotated_weights
 from . import kernel_blas_single_threaded
-from ._workspace import (direct_workspace, im2col_workspace, per_image_gradients, whole_rows,
-                         winograd_workspace)
+from ._workspace import (direct_workspace, im2col_workspace, output_channel_parts,
+                         per_image_gradients, whole_rows, winograd_workspace)
 
 
 def im2col_convolutions(kernels):
     """``(conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col)``."""
 
-    def workspace(w, y_or_dy, x, kh, kw, groups, n_threads, wide, shared=False):
+    def workspace(w, y_or_dy, x, kh, kw, groups, n_threads, wide, shared=False, k_parts=1):
         """The lowering workspace, (threads or 1 shared, rows, columns); lowering whole rows,
         W columns per output row and K/g more rows (for the product, or the block of dY
         laid out the same way)."""
         cols = im2col_workspace(w, y_or_dy, kh, kw, groups, n_threads, shared,
                                 width=x.shape[3] if wide else None,
-                                extra_rows=w.shape[0] // groups if wide else 0)
+                                extra_rows=w.shape[0] // groups if wide else 0, k_parts=k_parts)
         return cols[None] if shared else cols
 
     def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         wide = whole_rows(x.shape, y.shape, kw, sh, sw, pl, dw)
-        cols = workspace(w, y, x, kh, kw, groups, n_threads, wide)
+        k_parts = output_channel_parts(y.shape, groups, n_threads)
+        cols = workspace(w, y, x, kh, kw, groups, n_threads, wide, k_parts=k_parts)
         with kernel_blas_single_threaded():
             kernels.conv2d_fwd_im2col(x, w, b, y, cols, wide, kh, kw, sh, sw, pt, pl, dh, dw,
-                                      groups, n_threads)
+                                      groups, k_parts, n_threads)
 
     def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         wide = whole_rows(dx.shape, dy.shape, kw, sh, sw, pl, dw)
