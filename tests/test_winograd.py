@@ -99,3 +99,34 @@ def test_changed_weights_give_the_new_result(backend, algo):
     w *= -2.0
     y = fc.conv2d(x, w, padding=1, algorithm=algo, backend=backend)
     assert rel_err(y, oracle.conv2d(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1)) <= 1e-10
+
+
+@pytest.mark.parametrize("backend,algo", [c for c in CASES if c[0] != "numpy"])
+def test_runs_of_tiles_that_split_tile_rows(monkeypatch, backend, algo):
+    """With transformed filters that fit the cache, a run holds only as many tiles as
+    keep its V there: runs then start and end inside tile rows. Forward and data
+    gradient against the oracle."""
+    import importlib
+
+    from fastconv.backends import _workspace
+    from fastconv.backends._workspace import winograd_workspace
+
+    m = int(algo[-1])
+    rng = np.random.default_rng(7)
+    h, wd = 9 * m + 5, 9 * m + 1
+    x = rng.standard_normal((2, 5, h, wd))
+    w = rng.standard_normal((7, 5, 3, 3))
+    b = rng.standard_normal(7)
+    # U (alpha^2 x 7 x 5 float64) just fits: runs of one lane group
+    monkeypatch.setattr(_workspace, "CACHE_BLOCK", (m + 2) ** 2 * 7 * 5 * 8)
+    tiles = -(-h // m) * -(-wd // m)
+    kernels = importlib.import_module({"cython": "fastconv._kernels",
+                                       "numba": "fastconv._numba_kernels"}[backend])
+    lanes = kernels.WINOGRAD_LANES
+    assert winograd_workspace(m + 2, 5, 7, tiles, np.float64, lanes)[0].shape[1] < tiles
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
+    y = fc.conv2d(x, w, b, padding=1, algorithm=algo, backend=backend)
+    assert rel_err(y, oracle.conv2d(x, w, b, *args)) <= 1e-10
+    dy = rng.standard_normal(y.shape)
+    gx = fc.conv2d_backward(dy, x, w, padding=1, algorithm=algo, backend=backend)[0]
+    assert rel_err(gx, oracle.conv2d_backward(dy, x, w, *args)[0]) <= 1e-10
