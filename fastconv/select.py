@@ -95,9 +95,8 @@ WINOGRAD_BACKENDS = ("cython", "numba")
 
 def auto_algorithm(geometry, available, backend_name):
     """The algorithm ``"auto"`` runs: direct for tiny and (compiled) depthwise
-    convolutions, Winograd for 3x3
-    stride-1 layers with enough channels and pixels (by the backend's rule), else
-    im2col + BLAS."""
+    convolutions, Winograd for 3x3 stride-1 layers with enough channels and pixels
+    (by the backend's rule), else im2col + BLAS."""
     g = geometry
     if "direct" in available and g.macs <= DIRECT_MAX_MACS:
         return "direct"
