@@ -390,6 +390,44 @@ cdef inline void _zero_plane(floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t 
 # workspace cols[t] (sized by the caller to stay in that core's L2 cache) and
 # calling a single-threaded GEMM (the caller pins BLAS to one thread): the
 # lowered block is consumed while still in cache, and only one thread pool runs.
+#
+# The forward kernels (im2col, direct, Winograd) finish each block of output
+# while it is still in cache with an epilogue, y = acc * scale[k] + b[k]
+# + residual, then max(y, 0) if relu: BatchNorm at inference, a residual sum
+# and a ReLU cost no pass of their own over Y. Without a scale (an empty
+# array) the sums start at b and the epilogue only adds and clips; an empty
+# residual adds nothing.
+
+cdef inline floating _epilogue(floating v, floating s, floating c, floating r,
+                               bint relu) noexcept nogil:
+    """v * s + c + r, then max(., 0) if relu (NaN stays NaN)."""
+    v = v * s + c + r
+    return 0 if relu and v < 0 else v
+
+
+cdef inline void _finish_run(floating* y, Py_ssize_t count, const floating* r, floating s,
+                             floating c, bint relu) noexcept nogil:
+    """The epilogue over y[:count] of one output channel, residual r[:count] (or none)."""
+    cdef Py_ssize_t p
+    if r == NULL:
+        for p in range(count):
+            y[p] = _epilogue(y[p], s, c, 0, relu)
+    else:
+        for p in range(count):
+            y[p] = _epilogue(y[p], s, c, r[p], relu)
+
+
+cdef inline void _finish_rows(floating[:, :, :, ::1] y, const floating[::1] scale,
+                              const floating[::1] b, const floating[:, :, :, ::1] residual,
+                              bint relu, Py_ssize_t n, Py_ssize_t k, Py_ssize_t oh0,
+                              Py_ssize_t rows) noexcept nogil:
+    """The epilogue over output rows oh0 .. oh0+rows-1 of channel k of image n; nothing
+    to do without a scale, a residual or a ReLU."""
+    cdef bint scaled = scale.shape[0] > 0
+    if scaled or residual.shape[0] > 0 or relu:
+        _finish_run(&y[n, k, oh0, 0], rows * y.shape[3],
+                    &residual[n, k, oh0, 0] if residual.shape[0] > 0 else NULL,
+                    scale[k] if scaled else 1, b[k] if scaled else 0, relu)
 
 cdef inline bint _is_pointwise(Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                                Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t H, Py_ssize_t W,
@@ -404,49 +442,58 @@ cdef inline Py_ssize_t _share(Py_ssize_t total, Py_ssize_t t, Py_ssize_t n_threa
 
 
 cdef void _fwd_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
-                    const floating[::1] b, floating[:, :, :, ::1] y, floating* cols, Py_ssize_t ld,
-                    Py_ssize_t n, Py_ssize_t g, Py_ssize_t k0, Py_ssize_t k1, Py_ssize_t oh0,
-                    Py_ssize_t rows, bint pointwise, bint whole_rows, Py_ssize_t kh, Py_ssize_t kw,
-                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
-                    Py_ssize_t dw, Py_ssize_t groups) noexcept nogil:
-    """Y_block = W_g . cols + b for one image n, output channels k0 .. k1-1 of group g and
-    output rows oh0 .. oh0+rows-1.
+                    const floating[::1] b, floating[:, :, :, ::1] y, const floating[::1] scale,
+                    const floating[:, :, :, ::1] residual, bint relu, floating* cols,
+                    Py_ssize_t ld, Py_ssize_t n, Py_ssize_t g, Py_ssize_t k0, Py_ssize_t k1,
+                    Py_ssize_t oh0, Py_ssize_t rows, bint pointwise, bint whole_rows,
+                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                    Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                    Py_ssize_t groups) noexcept nogil:
+    """Y_block = W_g . cols + b (then the epilogue) for one image n, output channels
+    k0 .. k1-1 of group g and output rows oh0 .. oh0+rows-1.
 
     The block starts as the bias and the product is added onto it (beta = 1): with
-    beta = 0 BLAS would first make a pass of its own to zero it."""
+    beta = 0 BLAS would first make a pass of its own to zero it. A scaled block
+    starts from the product alone (beta = 0), the bias coming after the scale."""
     cdef Py_ssize_t Cg = x.shape[1] // groups, Kg = y.shape[1] // groups, CKK = Cg * kh * kw
     cdef Py_ssize_t HW = x.shape[2] * x.shape[3], OHW = y.shape[2] * y.shape[3], OW = y.shape[3]
     cdef Py_ssize_t W = x.shape[3], K2 = kh * kw, k, p, q, r, ow
     cdef floating* yk
     cdef floating* product = cols + CKK * ld
     cdef Py_ssize_t Kt = k1 - k0, kg = g * Kg + k0
+    cdef bint scaled = scale.shape[0] > 0
     if whole_rows:      # the product, W columns per row, goes to the workspace's last Kg rows
         for q in range(CKK):
             _copy_run(&x[n, g * Cg + q // K2, 0, 0], HW,
                       _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols + q * ld,
                       rows * W)
-        for k in range(Kt):
-            for p in range(rows * W):
-                product[k * ld + p] = b[kg + k]
-        _gemm(False, False, Kt, rows * W, CKK, 1, &w[kg, 0, 0, 0], CKK, cols, ld, 1,
-              product, ld)
+        if not scaled:
+            for k in range(Kt):
+                for p in range(rows * W):
+                    product[k * ld + p] = b[kg + k]
+        _gemm(False, False, Kt, rows * W, CKK, 1, &w[kg, 0, 0, 0], CKK, cols, ld,
+              0 if scaled else 1, product, ld)
         for k in range(Kt):
             for r in range(rows):
                 yk = &y[n, kg + k, oh0 + r, 0]
                 for ow in range(OW):
                     yk[ow] = product[k * ld + r * W + ow]
+            _finish_rows(y, scale, b, residual, relu, n, kg + k, oh0, rows)
         return
-    for k in range(kg, kg + Kt):
-        yk = &y[n, k, oh0, 0]
-        for p in range(rows * OW):
-            yk[p] = b[k]
+    if not scaled:
+        for k in range(kg, kg + Kt):
+            yk = &y[n, k, oh0, 0]
+            for p in range(rows * OW):
+                yk[p] = b[k]
     if pointwise:
         _gemm(False, False, Kt, rows * OW, CKK, 1, &w[kg, 0, 0, 0], CKK,
-              &x[n, g * Cg, oh0, 0], HW, 1, &y[n, kg, oh0, 0], OHW)
+              &x[n, g * Cg, oh0, 0], HW, 0 if scaled else 1, &y[n, kg, oh0, 0], OHW)
     else:
         _lower_rows(x, n, g * Cg, 0, CKK, cols, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
         _gemm(False, False, Kt, rows * OW, CKK, 1, &w[kg, 0, 0, 0], CKK,
-              cols, ld, 1, &y[n, kg, oh0, 0], OHW)
+              cols, ld, 0 if scaled else 1, &y[n, kg, oh0, 0], OHW)
+    for k in range(kg, kg + Kt):
+        _finish_rows(y, scale, b, residual, relu, n, k, oh0, rows)
 
 
 # Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
@@ -456,13 +503,16 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       const floating[:, :, :, ::1] w,     # IN  (K, C/g, kh, kw)
                       const floating[::1] b,              # IN  (K,)
                       floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
+                      const floating[::1] scale,          # IN  (K,), or empty: the epilogue's
+                      const floating[:, :, :, ::1] residual,  # IN  like y, or empty
+                      bint relu,
                       floating[:, :, ::1] cols,           # workspace (threads, C/g*kh*kw, rows*OW)
                       bint whole_rows,                    # cols (threads, C/g*kh*kw + K/g, rows*W)
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                       Py_ssize_t groups, Py_ssize_t k_parts, int n_threads):
-    """Y = W . im2col(X) + b, a task per image, group, block of output rows and part of
-    the group's output channels."""
+    """Y = W . im2col(X) + b (then the epilogue), a task per image, group, block of
+    output rows and part of the group's output channels."""
     cdef Py_ssize_t OH = y.shape[2], ld = cols.shape[2], Kg = y.shape[1] // groups
     cdef Py_ssize_t block = ld // (x.shape[3] if whole_rows else y.shape[3])
     cdef Py_ssize_t n_blk = _ceil_div(OH, block)
@@ -476,10 +526,11 @@ def conv2d_fwd_im2col(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                 task = t + q * n_threads
                 part, rest = task % k_parts, task // k_parts
                 oh0 = rest % n_blk * block
-                _fwd_task(x, w, b, y, &cols[t, 0, 0], ld, rest // (groups * n_blk),
-                          rest // n_blk % groups, _share(Kg, part, k_parts),
-                          _share(Kg, part + 1, k_parts), oh0, min(block, OH - oh0), pointwise,
-                          whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
+                _fwd_task(x, w, b, y, scale, residual, relu, &cols[t, 0, 0], ld,
+                          rest // (groups * n_blk), rest // n_blk % groups,
+                          _share(Kg, part, k_parts), _share(Kg, part + 1, k_parts), oh0,
+                          min(block, OH - oh0), pointwise, whole_rows, kh, kw, sh, sw, pt, pl,
+                          dh, dw, groups)
 
 
 # The gradients take one of two schedules. With enough images (times groups)
@@ -784,12 +835,16 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       const floating[:, :, :, ::1] w,     # IN  (K, C/g, kh, kw)
                       const floating[::1] b,              # IN  (K,)
                       floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
+                      const floating[::1] scale,          # IN  (K,), or empty: the epilogue's
+                      const floating[:, :, :, ::1] residual,  # IN  like y, or empty
+                      bint relu,
                       floating[:, ::1] work,              # workspace (threads, planes + sums)
                       Py_ssize_t block,                   # output rows per task
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                       Py_ssize_t groups, int n_threads):
-    """y[n,k,oh,ow] = b[k] + sum_{c,i,j} w[k,c,i,j] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
+    """y[n,k,oh,ow] = b[k] + sum_{c,i,j} w[k,c,i,j] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw],
+    then the epilogue."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t K = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
@@ -797,7 +852,7 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = N * groups * n_blk
     cdef Py_ssize_t quads = CKK - CKK % DIRECT_CB
     cdef Py_ssize_t t, turn, task, n, g, oh0, rows, n_rows, L, pair, k0, k1, q, r, ow, w0, w1
-    cdef bint two
+    cdef bint two, scaled = scale.shape[0] > 0
     cdef const floating* wf = &w[0, 0, 0, 0]
     cdef floating* planes
     cdef floating* sums
@@ -820,8 +875,8 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                     k1 = k0 + 1 if two else k0
                     w0, w1 = k0 * CKK, k1 * CKK     # where their weights start in wf
                     for q in range(L):
-                        sums[q] = b[k0]
-                        sums[L + q] = b[k1]
+                        sums[q] = 0 if scaled else b[k0]
+                        sums[L + q] = 0 if scaled else b[k1]
                     for q in range(quads // DIRECT_CB):
                         q = q * DIRECT_CB
                         if two:
@@ -844,6 +899,9 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         if two:
                             for ow in range(OW):
                                 y[n, k1, oh0 + r, ow] = sums[L + r * Qw + ow]
+                    _finish_rows(y, scale, b, residual, relu, n, k0, oh0, rows)
+                    if two:
+                        _finish_rows(y, scale, b, residual, relu, n, k1, oh0, rows)
             free(offsets)
 
 
@@ -974,7 +1032,8 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
 # workspaces the threads share:
 #   1. input transform    V[a*alpha+b, c, tile] = (B^T d B)[a, b]   (threads split c)
 #   2. alpha^2 GEMMs      M[ab] (Kg x T) = U[g, ab] (Kg x Cg) . V[ab] (Cg x T)   (split ab)
-#   3. output transform   Y tile = A^T M A + bias, cut at the output's edge   (split k)
+#   3. output transform   Y tile = A^T M A + bias (then the epilogue), cut at the
+#                         output's edge   (split k)
 # Splitting channels and GEMMs rather than tiles keeps every thread busy on a
 # 7x7 map, which has 4 tiles of F(4x4).
 # The transforms work on TV tiles at once, the innermost loop running over
@@ -1067,17 +1126,21 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize
 
 
 cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
-                           floating[:, :, :, ::1] y, const floating[::1] bias, Py_ssize_t n,
-                           Py_ssize_t k0, Py_ssize_t n_k, const floating[:, ::1] at,
-                           Py_ssize_t tile0, Py_ssize_t nt, Py_ssize_t tiles_w) noexcept nogil:
-    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, M[a, b] = mm[(a*alpha + b)*plane + k*ld + l]."""
+                           floating[:, :, :, ::1] y, const floating[::1] bias,
+                           const floating[::1] scale, const floating[:, :, :, ::1] residual,
+                           bint relu, Py_ssize_t n, Py_ssize_t k0, Py_ssize_t n_k,
+                           const floating[:, ::1] at, Py_ssize_t tile0, Py_ssize_t nt,
+                           Py_ssize_t tiles_w) noexcept nogil:
+    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, then the epilogue,
+    M[a, b] = mm[(a*alpha + b)*plane + k*ld + l]."""
     cdef floating mv[ALPHA_MAX][ALPHA_MAX][TV]
     cdef floating tmp[ALPHA_MAX][ALPHA_MAX][TV]
     cdef Py_ssize_t oh0[TV]
     cdef Py_ssize_t ow0[TV]
     cdef Py_ssize_t m = at.shape[0], alpha = at.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t k, g0, l0, l, a, b2, i, j, oh, ow, nl
-    cdef floating coef
+    cdef floating coef, s, c
+    cdef bint scaled = scale.shape[0] > 0, summed = residual.shape[0] > 0
     for g0 in range(_ceil_div(nt, TV)):
         l0 = g0 * TV
         nl = min(TV, nt - l0)
@@ -1100,11 +1163,13 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
                         for b2 in range(alpha):
                             for l in range(TV):
                                 tmp[i][b2][l] += coef * mv[a][b2][l]
-            # Y = tmp A + bias
+            # Y = tmp A + bias (after the scale, if any)
+            s = scale[k0 + k] if scaled else 1
+            c = bias[k0 + k] if scaled else 0
             for i in range(m):
                 for j in range(m):
                     for l in range(TV):
-                        mv[i][j][l] = bias[k0 + k]
+                        mv[i][j][l] = 0 if scaled else bias[k0 + k]
                     for b2 in range(alpha):
                         coef = at[j, b2]
                         if coef != 0:
@@ -1117,13 +1182,18 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
                         for j in range(m):
                             ow = ow0[l] + j
                             if ow < OW:
-                                y[n, k0 + k, oh, ow] = mv[i][j][l]
+                                y[n, k0 + k, oh, ow] = _epilogue(
+                                    mv[i][j][l], s, c,
+                                    residual[n, k0 + k, oh, ow] if summed else 0, relu)
 
 
 def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         const floating[:, :, :, ::1] u,     # IN  (groups, alpha^2, Kg, Cg): G g G^T
                         const floating[::1] b,              # IN  (K,)
                         floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
+                        const floating[::1] scale,          # IN  (K,), or empty: the epilogue's
+                        const floating[:, :, :, ::1] residual,  # IN  like y, or empty
+                        bint relu,
                         const floating[:, ::1] bt,          # IN  (alpha, alpha): B^T
                         const floating[:, ::1] at,          # IN  (m, alpha): A^T
                         floating[:, ::1] v,                 # workspace (alpha^2*Cg, T)
@@ -1131,8 +1201,8 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                         Py_ssize_t groups, int n_threads):
-    """Y = A^T [ U (.) (B^T d B) ] A + b on every tile (3x3, stride 1, dilation 1; pt and
-    pl may be negative, which crops, as the data gradient needs).
+    """Y = A^T [ U (.) (B^T d B) ] A + b, then the epilogue, on every tile (3x3, stride 1,
+    dilation 1; pt and pl may be negative, which crops, as the data gradient needs).
 
     Per image, group and run of T tiles, three parallel phases: the threads
     split the input channels of the input transform, then the alpha^2 GEMMs,
@@ -1162,8 +1232,8 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                                     num_threads=n_threads):
                         k0 = _share(Kg, t, n_threads)
                         k1 = _share(Kg, t + 1, n_threads)
-                        _winograd_output(&mm[k0, 0], Kg * T, T, y, b, n, g * Kg + k0, k1 - k0, at,
-                                         tile0, nt, tiles_w)
+                        _winograd_output(&mm[k0, 0], Kg * T, T, y, b, scale, residual, relu, n,
+                                         g * Kg + k0, k1 - k0, at, tile0, nt, tiles_w)
 
 
 # ---------------------------------------------------------------------------

@@ -387,6 +387,45 @@ def _zero_plane(x, n, c):
 # workspace cols[t] (sized by the caller to stay in that core's L2 cache) and
 # calling a single-threaded GEMM (the caller pins BLAS to one thread): the
 # lowered block is consumed while still in cache, and only one thread pool runs.
+#
+# The forward kernels (im2col, direct, Winograd) finish each block of output
+# while it is still in cache with an epilogue, y = acc * scale[k] + b[k]
+# + residual, then max(y, 0) if relu: BatchNorm at inference, a residual sum
+# and a ReLU cost no pass of their own over Y. Without a scale (an empty
+# array) the sums start at b and the epilogue only adds and clips; an empty
+# residual adds nothing.
+
+@njit
+def _epilogue(v, s, c, r, relu, zero):
+    """v * s + c + r, then max(., 0) if relu (NaN stays NaN); ``zero`` is 0 in v's type."""
+    v = v * s + c + r
+    return zero if relu and v < 0 else v
+
+
+@njit
+def _finish_run(y, y0, count, r, r0, s, c, relu):
+    """The epilogue over y[y0:y0+count] of one output channel, residual r[r0:r0+count]
+    (or none: r empty)."""
+    zero = y.dtype.type(0)
+    if r.shape[0] == 0:
+        for p in range(count):
+            y[_u(y0 + p)] = _epilogue(y[_u(y0 + p)], s, c, zero, relu, zero)
+    else:
+        for p in range(count):
+            y[_u(y0 + p)] = _epilogue(y[_u(y0 + p)], s, c, r[_u(r0 + p)], relu, zero)
+
+
+@njit
+def _finish_rows(y, scale, b, residual, relu, n, k, oh0, rows):
+    """The epilogue over output rows oh0 .. oh0+rows-1 of channel k of image n; nothing
+    to do without a scale, a residual or a ReLU."""
+    scaled = scale.shape[0] > 0
+    if scaled or residual.shape[0] > 0 or relu:
+        OHW, OW = y.shape[2] * y.shape[3], y.shape[3]
+        at = (n * y.shape[1] + k) * OHW + oh0 * OW
+        _finish_run(y.reshape(-1), at, rows * OW, residual.reshape(-1), at,
+                    scale[k] if scaled else y.dtype.type(1),
+                    b[k] if scaled else y.dtype.type(0), relu)
 
 @njit
 def _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW):
@@ -401,13 +440,14 @@ def _share(total, t, n_threads):
 
 
 @njit
-def _fwd_task(x, w, b, y, cols, ld, n, g, k0, k1, oh0, rows, pointwise, whole_rows,
-              kh, kw, sh, sw, pt, pl, dh, dw, groups):
-    """Y_block = W_g . cols + b for one image n, output channels k0 .. k1-1 of group g and
-    output rows oh0 .. oh0+rows-1.
+def _fwd_task(x, w, b, y, scale, residual, relu, cols, ld, n, g, k0, k1, oh0, rows, pointwise,
+              whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups):
+    """Y_block = W_g . cols + b (then the epilogue) for one image n, output channels
+    k0 .. k1-1 of group g and output rows oh0 .. oh0+rows-1.
 
     The block starts as the bias and the product is added onto it (beta = 1): with
-    beta = 0 BLAS would first make a pass of its own to zero it."""
+    beta = 0 BLAS would first make a pass of its own to zero it. A scaled block
+    starts from the product alone (beta = 0), the bias coming after the scale."""
     Cg, Kg = x.shape[1] // groups, y.shape[1] // groups
     CKK, K2 = Cg * kh * kw, kh * kw
     C, K, H, W, OH, OW = x.shape[1], y.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3]
@@ -415,34 +455,40 @@ def _fwd_task(x, w, b, y, cols, ld, n, g, k0, k1, oh0, rows, pointwise, whole_ro
     xf, wf, yf = x.reshape(-1), w.reshape(-1), y.reshape(-1)
     Kt, kg = k1 - k0, g * Kg + k0
     y0 = (n * K + kg) * OHW + oh0 * OW
+    scaled = scale.shape[0] > 0
     if whole_rows:      # the product, W columns per row, goes to the workspace's last Kg rows
         for q in range(CKK):
             _copy_run(xf, (n * C + g * Cg + q // K2) * HW, HW,
                       _run_start(oh0, q // kw % kh, q % kw, W, pt, dh, dw), cols, q * ld, rows * W)
         product = CKK * ld
-        for k in range(Kt):
-            for p in range(rows * W):
-                cols[_u(product + k * ld + p)] = b[kg + k]
-        _gemm(False, False, Kt, rows * W, CKK, 1, wf, kg * CKK, CKK, cols, 0, ld, 1,
-              cols, product, ld)
+        if not scaled:
+            for k in range(Kt):
+                for p in range(rows * W):
+                    cols[_u(product + k * ld + p)] = b[kg + k]
+        _gemm(False, False, Kt, rows * W, CKK, 1, wf, kg * CKK, CKK, cols, 0, ld,
+              0 if scaled else 1, cols, product, ld)
         for k in range(Kt):
             for r in range(rows):
                 yk = y0 + k * OHW + r * OW
                 at = product + k * ld + r * W
                 for ow in range(OW):
                     yf[_u(yk + ow)] = cols[_u(at + ow)]
+            _finish_rows(y, scale, b, residual, relu, n, kg + k, oh0, rows)
         return
-    for k in range(kg, kg + Kt):
-        yk = (n * K + k) * OHW + oh0 * OW
-        for p in range(rows * OW):
-            yf[_u(yk + p)] = b[k]
+    if not scaled:
+        for k in range(kg, kg + Kt):
+            yk = (n * K + k) * OHW + oh0 * OW
+            for p in range(rows * OW):
+                yf[_u(yk + p)] = b[k]
     if pointwise:
         _gemm(False, False, Kt, rows * OW, CKK, 1, wf, kg * CKK, CKK,
-              xf, (n * C + g * Cg) * HW + oh0 * W, HW, 1, yf, y0, OHW)
+              xf, (n * C + g * Cg) * HW + oh0 * W, HW, 0 if scaled else 1, yf, y0, OHW)
     else:
         _lower_rows(x, n, g * Cg, 0, CKK, cols, 0, ld, oh0, rows, OW, kh, kw, sh, sw, pt, pl, dh, dw)
         _gemm(False, False, Kt, rows * OW, CKK, 1, wf, kg * CKK, CKK,
-              cols, 0, ld, 1, yf, y0, OHW)
+              cols, 0, ld, 0 if scaled else 1, yf, y0, OHW)
+    for k in range(kg, kg + Kt):
+        _finish_rows(y, scale, b, residual, relu, n, k, oh0, rows)
 
 
 # Thread t runs tasks t, t + T, t + 2T, ... (T threads) with workspace slot t:
@@ -453,11 +499,14 @@ def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
                       w,      # IN  (K, C/g, kh, kw)
                       b,      # IN  (K,)
                       y,      # OUT (N, K, OH, OW)
+                      scale,  # IN  (K,), or empty: the epilogue's
+                      residual,   # IN  like y, or empty
+                      relu,
                       cols,   # workspace (threads, C/g*kh*kw, rows*OW)
                       whole_rows,     # cols (threads, C/g*kh*kw + K/g, rows*W)
                       kh, kw, sh, sw, pt, pl, dh, dw, groups, k_parts, n_threads):
-    """Y = W . im2col(X) + b, a task per image, group, block of output rows and part of
-    the group's output channels."""
+    """Y = W . im2col(X) + b (then the epilogue), a task per image, group, block of
+    output rows and part of the group's output channels."""
     OH, ld, Kg = y.shape[2], cols.shape[2], y.shape[1] // groups
     block = ld // (x.shape[3] if whole_rows else y.shape[3])
     n_blk = _ceil_div(OH, block)
@@ -468,10 +517,10 @@ def conv2d_fwd_im2col(x,      # IN  (N, C, H, W)
         for task in range(t, n_tasks, n_threads):
             part, rest = task % k_parts, task // k_parts
             oh0 = rest % n_blk * block
-            _fwd_task(x, w, b, y, slot, ld, rest // (groups * n_blk), rest // n_blk % groups,
-                      _share(Kg, part, k_parts), _share(Kg, part + 1, k_parts), oh0,
-                      min(block, OH - oh0), pointwise, whole_rows, kh, kw, sh, sw, pt, pl,
-                      dh, dw, groups)
+            _fwd_task(x, w, b, y, scale, residual, relu, slot, ld, rest // (groups * n_blk),
+                      rest // n_blk % groups, _share(Kg, part, k_parts),
+                      _share(Kg, part + 1, k_parts), oh0, min(block, OH - oh0), pointwise,
+                      whole_rows, kh, kw, sh, sw, pt, pl, dh, dw, groups)
 
 
 # The gradients take one of two schedules. With enough images (times groups)
@@ -753,11 +802,16 @@ def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
                       w,      # IN  (K, C/g, kh, kw)
                       b,      # IN  (K,)
                       y,      # OUT (N, K, OH, OW)
+                      scale,  # IN  (K,), or empty: the epilogue's
+                      residual,   # IN  like y, or empty
+                      relu,
                       work,   # workspace (threads, planes of C/g channels + DIRECT_KB*block*Qw)
                       block,  # output rows per task
                       kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """y[n,k,oh,ow] = b[k] + sum_{c,i,j} w[k,c,i,j] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw]."""
+    """y[n,k,oh,ow] = b[k] + sum_{c,i,j} w[k,c,i,j] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw],
+    then the epilogue."""
     N, C = x.shape[0], x.shape[1]
+    scaled = scale.shape[0] > 0
     K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     Cg, Kg = C // groups, K // groups
     CKK = Cg * kh * kw
@@ -781,8 +835,8 @@ def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
                 two = k0 + 1 < (g + 1) * Kg
                 k1 = k0 + 1 if two else k0
                 w0, w1 = k0 * CKK, k1 * CKK     # where their weights start in wf
-                sums[:L] = b[k0]
-                sums[L:2 * L] = b[k1]
+                sums[:L] = 0 if scaled else b[k0]
+                sums[L:2 * L] = 0 if scaled else b[k1]
                 for q in range(quads // DIRECT_CB):
                     q = q * DIRECT_CB
                     o0, o1, o2, o3 = offsets[q], offsets[q + 1], offsets[q + 2], offsets[q + 3]
@@ -806,6 +860,9 @@ def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
                         y1 = y[n, k1, oh0 + r]
                         for ow in range(OW):
                             y1[_u(ow)] = sums[_u(L + r * Qw + ow)]
+                _finish_rows(y, scale, b, residual, relu, n, k0, oh0, rows)
+                if two:
+                    _finish_rows(y, scale, b, residual, relu, n, k1, oh0, rows)
 
 
 @pnjit
@@ -918,7 +975,8 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
 # workspaces the threads share:
 #   1. input transform    V[a*alpha+b, c, tile] = (B^T d B)[a, b]   (threads split c)
 #   2. alpha^2 GEMMs      M[ab] (Kg x T) = U[g, ab] (Kg x Cg) . V[ab] (Cg x T)   (split ab)
-#   3. output transform   Y tile = A^T M A + bias, cut at the output's edge   (split k)
+#   3. output transform   Y tile = A^T M A + bias (then the epilogue), cut at the
+#                         output's edge   (split k)
 # Splitting channels and GEMMs rather than tiles keeps every thread busy on a
 # 7x7 map, which has 4 tiles of F(4x4).
 # The transforms work on TV tiles at once, the innermost loop running over
@@ -1012,10 +1070,13 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
 
 
 @njit
-def _winograd_output(mm, mm0, plane, ld, y, bias, n, k0, n_k, at, tile0, nt, tiles_w,
-                     mv, tmp, oh0, ow0):
-    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, M[a, b] = mm[mm0 + (a*alpha + b)*plane + k*ld + l]."""
+def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, n_k, at,
+                     tile0, nt, tiles_w, mv, tmp, oh0, ow0):
+    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, then the epilogue,
+    M[a, b] = mm[mm0 + (a*alpha + b)*plane + k*ld + l]."""
     m, alpha, OH, OW = at.shape[0], at.shape[1], y.shape[2], y.shape[3]
+    scaled, summed = scale.shape[0] > 0, residual.shape[0] > 0
+    zero = y.dtype.type(0)
     lanes = mv.shape[2]     # TV, read at run time (see the note above TV)
     for g0 in range(_ceil_div(nt, TV)):
         l0 = g0 * TV
@@ -1039,11 +1100,13 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, n, k0, n_k, at, tile0, nt, til
                         for b2 in range(alpha):
                             for l in range(lanes):
                                 tmp[i, b2, l] += coef * mv[a, b2, l]
-            # Y = tmp A + bias
+            # Y = tmp A + bias (after the scale, if any)
+            s = scale[k0 + k] if scaled else y.dtype.type(1)
+            c = bias[k0 + k] if scaled else zero
             for i in range(m):
                 for j in range(m):
                     for l in range(lanes):
-                        mv[i, j, l] = bias[k0 + k]
+                        mv[i, j, l] = zero if scaled else bias[k0 + k]
                     for b2 in range(alpha):
                         coef = at[j, b2]
                         if coef != 0:
@@ -1057,7 +1120,9 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, n, k0, n_k, at, tile0, nt, til
                         for j in range(m):
                             ow = ow0[l] + j
                             if ow < OW:
-                                out[_u(oh), _u(ow)] = mv[i, j, l]
+                                out[_u(oh), _u(ow)] = _epilogue(
+                                    mv[i, j, l], s, c,
+                                    residual[n, k0 + k, oh, ow] if summed else zero, relu, zero)
 
 
 @pnjit
@@ -1065,13 +1130,16 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                         u,    # IN  (groups, alpha^2, Kg, Cg): G g G^T
                         b,    # IN  (K,)
                         y,    # OUT (N, K, OH, OW)
+                        scale,    # IN  (K,), or empty: the epilogue's
+                        residual,     # IN  like y, or empty
+                        relu,
                         bt,   # IN  (alpha, alpha): B^T
                         at,   # IN  (m, alpha): A^T
                         v,    # workspace (alpha^2*Cg, T)
                         mm,   # workspace (alpha^2*Kg, T)
                         kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-    """Y = A^T [ U (.) (B^T d B) ] A + b on every tile (3x3, stride 1, dilation 1; pt and
-    pl may be negative, which crops, as the data gradient needs).
+    """Y = A^T [ U (.) (B^T d B) ] A + b, then the epilogue, on every tile (3x3, stride 1,
+    dilation 1; pt and pl may be negative, which crops, as the data gradient needs).
 
     Per image, group and run of T tiles, three parallel phases: the threads
     split the input channels of the input transform, then the alpha^2 GEMMs,
@@ -1105,8 +1173,9 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                     tmp = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
                     oh0 = np.empty(TV, np.int64)
                     ow0 = np.empty(TV, np.int64)
-                    _winograd_output(mmf, k0 * T, Kg * T, T, y, b, n, g * Kg + k0, k1 - k0, at,
-                                     tile0, nt, tiles_w, mv, tmp, oh0, ow0)
+                    _winograd_output(mmf, k0 * T, Kg * T, T, y, b, scale, residual, relu, n,
+                                     g * Kg + k0, k1 - k0, at, tile0, nt, tiles_w, mv, tmp,
+                                     oh0, ow0)
 
 
 # ---------------------------------------------------------------------------

@@ -107,11 +107,11 @@ def algorithms(backend=None):
 # Convolution
 # ---------------------------------------------------------------------------
 
-def _conv_forward(module, algo, x, weight, bias, g):
+def _conv_forward(module, algo, x, weight, bias, g, **epilogue):
     x, weight, bias = _contiguous(x, weight, _bias_or_zeros(bias, g, x))
     y = _alloc(g.y_shape, x.dtype, x)
     _kernel(module, f"conv2d_fwd_{algo}", "conv2d")(
-        x, weight, bias, y, *g.kernel_args(), _backends.get_num_threads())
+        x, weight, bias, y, *g.kernel_args(), _backends.get_num_threads(), **epilogue)
     return y
 
 
@@ -155,6 +155,65 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                                                  groups, "conv2d")
     module, algo = _conv_setup(g, algorithm, backend, "conv2d", x, weight, bias)
     return _conv_forward(module, algo, x, weight, bias, g)
+
+
+def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+                 scale=None, shift=None, residual=None, relu=False, algorithm="auto",
+                 backend=None):
+    """:func:`conv2d`, then a scale and shift per output channel, a residual sum and a
+    ReLU, all applied to each block of the output while the convolution still has it
+    in cache: ``relu(conv2d(x, weight, bias) * scale[k] + shift[k] + residual)``.
+
+    This is a Conv2d, the BatchNorm2d after it at inference (``scale = gamma /
+    sqrt(running_var + eps)``, ``shift = beta - running_mean * scale``: see
+    :func:`batch_norm_scale_shift`), a residual Add and a ReLU in one pass over
+    the output instead of four. Host arrays only (numpy, cython, numba).
+
+    Parameters
+    ----------
+    x, weight, bias, stride, padding, dilation, groups, algorithm, backend
+        As for :func:`conv2d`.
+    scale, shift : array_like, (C_out,), optional
+        1 and 0 when left out.
+    residual : ndarray, (N, C_out, OH, OW), optional
+        Added after the shift (cast to x's dtype).
+    relu : bool
+        ``max(., 0)`` last; NaN stays NaN, as in PyTorch.
+
+    Returns
+    -------
+    y : ndarray, (N, C_out, OH, OW)
+
+    Examples
+    --------
+    >>> x = np.ones((1, 1, 3, 3)); w = np.ones((1, 1, 3, 3))
+    >>> conv2d_fused(x, w, scale=[-2.0], shift=[1.0], relu=True, padding=1)[0, 0, 0]
+    array([0., 0., 0.])
+    """
+    op = "conv2d_fused"
+    x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
+                                                 groups, op)
+    module, algo = _conv_setup(g, algorithm, backend, op, x, weight, bias)
+    if _backends.backend_name(module) == "cuda":
+        raise ValueError(f"{op}: runs on the host backends (numpy, cython, numba), not on "
+                         f"'cuda'; on the GPU call conv2d, then batch_norm_inference or add")
+    scale, shift = (None if v is None else _shapes.channel_vector(v, name, g.c_out, op)
+                    for name, v in (("scale", scale), ("shift", shift)))
+    if residual is not None:
+        residual = _shapes.float_array(residual, "residual", op, ndim=4)
+        if residual.shape != g.y_shape:
+            raise ValueError(f"{op}: residual must have the output's shape {g.y_shape}, "
+                             f"got {residual.shape}")
+        residual = np.ascontiguousarray(residual, dtype=x.dtype)
+    # the kernels add the bias after the scale: s*(conv + b) + t = s*conv + (s*b + t)
+    b = np.zeros(g.c_out) if bias is None else bias.astype(np.float64)
+    if scale is not None:
+        b = b * scale
+    if shift is not None:
+        b = b + shift
+    return _conv_forward(module, algo, x, weight, b.astype(x.dtype), g,
+                         scale=None if scale is None else scale.astype(x.dtype),
+                         residual=residual, relu=bool(relu))
 
 
 def convolve2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -612,12 +671,8 @@ def channel_affine(x, scale, shift, *, relu=False, out=None, backend=None):
     """
     op = "channel_affine"
     x = _shapes.float_array(x, "x", op, ndim=4)
-    c = x.shape[1]
-    scale, shift = (np.ascontiguousarray(v, dtype=x.dtype) for v in (scale, shift))
-    for name, v in (("scale", scale), ("shift", shift)):
-        if v.shape != (c,):
-            raise ValueError(f"{op}: {name} must have shape ({c},) for x of shape {x.shape}, "
-                             f"got {v.shape}")
+    scale, shift = (_shapes.channel_vector(v, name, x.shape[1], op).astype(x.dtype)
+                    for name, v in (("scale", scale), ("shift", shift)))
     _check_out(out, x, op)
     module = _backend_for(backend, "channel_affine", op, x)
     (x,) = _contiguous(x)
@@ -646,6 +701,23 @@ def _check_out(out, x, op):
                      f"shape {x.shape}, got {got}")
 
 
+def batch_norm_scale_shift(running_mean, running_var, weight=None, bias=None, eps=1e-5):
+    """BatchNorm at inference as one affine map per channel, in float64:
+    ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean * scale``
+    (weight 1 and bias 0 when left out).
+
+    >>> batch_norm_scale_shift(np.array([1.0]), np.array([4.0]), eps=0.0)
+    (array([0.5]), array([-0.5]))
+    """
+    scale = 1 / np.sqrt(np.asarray(running_var, np.float64) + eps)
+    if weight is not None:
+        scale = scale * weight
+    shift = -np.asarray(running_mean, np.float64) * scale
+    if bias is not None:
+        shift = shift + bias
+    return scale, shift
+
+
 def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, eps=1e-5, *,
                          relu=False, out=None, backend=None):
     """BatchNorm with its running statistics, as ``torch.nn.functional.batch_norm`` in
@@ -668,12 +740,7 @@ def batch_norm_inference(x, running_mean, running_var, weight=None, bias=None, e
     op = "batch_norm_inference"
     x = _shapes.float_array(x, "x", op, ndim=4)
     if not _backends.is_device_array(x):
-        scale = 1 / np.sqrt(np.asarray(running_var, np.float64) + eps)
-        if weight is not None:
-            scale *= weight
-        shift = -running_mean * scale
-        if bias is not None:
-            shift += bias
+        scale, shift = batch_norm_scale_shift(running_mean, running_var, weight, bias, eps)
         return channel_affine(x, scale, shift, relu=relu, out=out, backend=backend)
     _check_out(out, x, op)
     module = _backend_for(backend, "batchnorm_inference", op, x)

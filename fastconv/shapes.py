@@ -501,6 +501,18 @@ def check_positive_spatial(x, op):
         raise ValueError(f"{op}: x must have a non-empty spatial size, got shape {x.shape}")
 
 
+def channel_vector(value, name, channels, op):
+    """``value`` as one float64 number per channel, shape ``(channels,)``."""
+    try:
+        vector = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{op}: {name} must be {channels} numbers, got "
+                        f"{type(value).__name__}") from exc
+    if vector.shape != (channels,):
+        raise ValueError(f"{op}: {name} must have shape ({channels},), got {vector.shape}")
+    return vector
+
+
 def gflop(geometry):
     """Floating-point operations (2 per multiply-add) of a forward convolution, in units of 1e9."""
     return 2.0 * geometry.macs / 1e9
@@ -509,5 +521,5 @@ def gflop(geometry):
 __all__ = [
     "ConvGeometry", "PoolGeometry", "output_size", "conv_output_size", "conv2d_geometry",
     "conv_transpose2d_geometry", "pool2d_geometry", "unfold_geometry", "col2im_geometry",
-    "adaptive_output_size", "adaptive_window",
+    "adaptive_output_size", "adaptive_window", "channel_vector",
 ]

@@ -339,3 +339,64 @@ def test_design_layers_float32_against_float64_reference(layer, backend, algo):
     grads = fc.conv2d_backward(f32[3], f32[0], f32[1], **kw, algorithm=algo, backend=backend)
     for name, got, ref in zip(("grad_x", "grad_weight", "grad_bias"), grads, grads_ref):
         assert rel_err(got, ref) <= TOLERANCE[np.float32, algo], name
+
+
+def _config(x_shape, w_shape, padding, dtype=np.float32, stride=(1, 1)):
+    (pt, pl), groups = padding, x_shape[1] // w_shape[1]
+    return dict(x_shape=x_shape, w_shape=w_shape, bias=True,
+                kwargs=dict(stride=stride, padding=((pt, pt), (pl, pl)), dilation=(1, 1),
+                            groups=groups),
+                pads=(pt, pt, pl, pl), dtype=dtype)
+
+
+FUSED_CONFIGS = conv_configs(24, seed=12) + [
+    _config((2, 6, 5, 7), (8, 6, 1, 1), (0, 0)),                  # 1x1: a GEMM on X itself
+    _config((1, 4, 9, 11), (6, 4, 3, 4), (1, 0)),                 # lowered as whole input rows
+    _config((1, 4, 2, 3), (30, 4, 3, 3), (1, 1), np.float64),     # output channels split
+    _config((3, 4, 7, 6), (6, 2, 3, 3), (2, 1)),                  # groups, F6 remainders
+]
+
+
+@pytest.mark.parametrize("config,backend,algo", applicable_cases(FUSED_CONFIGS))
+def test_conv2d_fused_applies_scale_shift_residual_and_relu(config, backend, algo):
+    """relu(conv2d * scale + shift + residual) from each forward kernel's epilogue, with
+    every part on or off, at two threads (so that channel splits and row blocks run)."""
+    rng = np.random.default_rng(2)
+    c_out = config["w_shape"][0]
+    x, w, b = _arrays(config, rng, c_out)
+    kw = config["kwargs"]
+    y_ref = oracle.conv2d(x, w, b, kw["stride"], config["pads"], kw["dilation"], kw["groups"])
+    scale, shift = rng.uniform(-2, 2, c_out), rng.standard_normal(c_out)
+    residual = rng.standard_normal(y_ref.shape)
+    dtype = config["dtype"]
+    x_, w_, b_, r_ = _cast(dtype, x, w, b, residual)
+    before = fc.get_num_threads()
+    fc.set_num_threads(2)
+    try:
+        for scaled, summed, relu in [(True, True, True), (True, False, False),
+                                     (False, True, False), (False, False, True)]:
+            expected = y_ref * scale[:, None, None] if scaled else y_ref.copy()
+            expected += shift[:, None, None] + (residual if summed else 0)
+            if relu:
+                expected = np.maximum(expected, 0)
+            y = fc.functional.conv2d_fused(
+                x_, w_, b_, **kw, scale=scale if scaled else None, shift=shift,
+                residual=r_ if summed else None, relu=relu, algorithm=algo, backend=backend)
+            assert y.dtype == dtype
+            assert rel_err(y, expected) <= TOLERANCE[dtype, algo], (scaled, summed, relu)
+    finally:
+        fc.set_num_threads(before)
+    r_.flat[0] = np.nan                     # NaN passes the ReLU, as in PyTorch
+    y = fc.functional.conv2d_fused(x_, w_, b_, **kw, residual=r_, relu=True, algorithm=algo,
+                                   backend=backend)
+    assert np.isnan(y.flat[0]) and not np.isnan(y.flat[1:]).any()
+
+
+def test_conv2d_fused_rejects_bad_arguments():
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"scale must have shape \(3,\), got \(2,\)"):
+        fc.functional.conv2d_fused(x, w, scale=np.ones(2))
+    with pytest.raises(TypeError, match="shift must be 3 numbers"):
+        fc.functional.conv2d_fused(x, w, shift="abc")
+    with pytest.raises(ValueError, match=r"residual must have the output's shape \(1, 3, 3, 3\)"):
+        fc.functional.conv2d_fused(x, w, residual=np.zeros((1, 3, 5, 5), np.float32))

@@ -15,6 +15,12 @@ from ._workspace import (direct_workspace, im2col_workspace, output_channel_part
                          per_image_gradients, whole_rows, winograd_workspace)
 
 
+def _epilogue_args(y, scale, residual, relu):
+    """The forward kernels' epilogue arguments: None becomes an empty array of y's dtype."""
+    return (np.empty(0, y.dtype) if scale is None else scale,
+            np.empty((0, 0, 0, 0), y.dtype) if residual is None else residual, bool(relu))
+
+
 def im2col_convolutions(kernels):
     """``(conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col)``."""
 
@@ -27,13 +33,15 @@ def im2col_convolutions(kernels):
                                 extra_rows=w.shape[0] // groups if wide else 0, k_parts=k_parts)
         return cols[None] if shared else cols
 
-    def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    def conv2d_fwd_im2col(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads,
+                          scale=None, residual=None, relu=False):
         wide = whole_rows(x.shape, y.shape, kw, sh, sw, pl, dw)
         k_parts = output_channel_parts(y.shape, groups, n_threads)
         cols = workspace(w, y, x, kh, kw, groups, n_threads, wide, k_parts=k_parts)
         with kernel_blas_single_threaded():
-            kernels.conv2d_fwd_im2col(x, w, b, y, cols, wide, kh, kw, sh, sw, pt, pl, dh, dw,
-                                      groups, k_parts, n_threads)
+            kernels.conv2d_fwd_im2col(x, w, b, y, *_epilogue_args(y, scale, residual, relu),
+                                      cols, wide, kh, kw, sh, sw, pt, pl, dh, dw, groups,
+                                      k_parts, n_threads)
 
     def conv2d_bwd_data_im2col(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         wide = whole_rows(dx.shape, dy.shape, kw, sh, sw, pl, dw)
@@ -66,11 +74,12 @@ def direct_convolutions(kernels):
     does it. A strided one keeps the tap-by-tap kernel.
     """
 
-    def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
+    def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads,
+                          scale=None, residual=None, relu=False):
         work, block = direct_workspace(w.shape, y.shape, kh, kw, sh, sw, dh, dw, groups,
                                        n_threads, x.dtype, kernels.DIRECT_OUTPUTS)
-        kernels.conv2d_fwd_direct(x, w, b, y, work, block, kh, kw, sh, sw, pt, pl, dh, dw,
-                                  groups, n_threads)
+        kernels.conv2d_fwd_direct(x, w, b, y, *_epilogue_args(y, scale, residual, relu), work,
+                                  block, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads)
 
     def conv2d_bwd_data_direct(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         if sh != 1 or sw != 1:
@@ -114,17 +123,19 @@ def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
     """
     alpha = m + R - 1
 
-    def run(x, u, b, y, pt, pl, groups, n_threads):
+    def run(x, u, b, y, pt, pl, groups, n_threads, scale=None, residual=None, relu=False):
         _, bt, at = TRANSFORMS[m].matrices(x.dtype)
         tiles = -(-y.shape[2] // m) * -(-y.shape[3] // m)
         v, mm = winograd_workspace(alpha, u.shape[3], u.shape[2], tiles, x.dtype,
                                    kernels.WINOGRAD_LANES)
         with kernel_blas_single_threaded():
-            kernels.conv2d_fwd_winograd(x, u, b, y, bt, at, v, mm, R, R, 1, 1, pt, pl, 1, 1,
-                                        groups, n_threads)
+            kernels.conv2d_fwd_winograd(x, u, b, y, *_epilogue_args(y, scale, residual, relu),
+                                        bt, at, v, mm, R, R, 1, 1, pt, pl, 1, 1, groups,
+                                        n_threads)
 
-    def forward(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-        run(x, FILTERS.get(w, m, groups), b, y, pt, pl, groups, n_threads)
+    def forward(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads, scale=None,
+                residual=None, relu=False):
+        run(x, FILTERS.get(w, m, groups), b, y, pt, pl, groups, n_threads, scale, residual, relu)
 
     def backward_data(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         u = FILTERS.get(w, m, groups, rotated=True)

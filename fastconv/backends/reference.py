@@ -102,11 +102,37 @@ def col2im(cols, x, kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
 
 
 # ---------------------------------------------------------------------------
+# The forward kernels' epilogue
+# ---------------------------------------------------------------------------
+
+def _finished(forward):
+    """``forward`` (it writes y = b + the sums) then the epilogue every host backend's
+    forward kernels take: y = sums * scale[k] + b[k] + residual, then max(y, 0) if
+    ``relu`` (NaN stays NaN); no scale is 1, no residual is 0."""
+
+    def run(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads, scale=None,
+            residual=None, relu=False):
+        forward(x, w, b if scale is None else np.zeros_like(b), y, kh, kw, sh, sw, pt, pl,
+                dh, dw, groups, n_threads)
+        if scale is not None:
+            y *= scale[:, None, None]
+            y += b[:, None, None]
+        if residual is not None:
+            y += residual
+        if relu:
+            np.maximum(y, 0, out=y)
+
+    run.__name__, run.__doc__ = forward.__name__, forward.__doc__
+    return run
+
+
+# ---------------------------------------------------------------------------
 # Convolution by im2col + GEMM (the algebra is in _lowering.py)
 # ---------------------------------------------------------------------------
 
 conv2d_fwd_im2col, conv2d_bwd_data_im2col, conv2d_bwd_weight_im2col = \
     im2col_convolutions(im2col, col2im)
+conv2d_fwd_im2col = _finished(conv2d_fwd_im2col)
 
 
 # ---------------------------------------------------------------------------
@@ -121,6 +147,7 @@ def _split(a, groups):
     return a.reshape(a.shape[0], groups, a.shape[1] // groups, *a.shape[2:])
 
 
+@_finished
 def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
     """Y[n,k] = b[k] + sum_{i,j} sum_c W[k,c,i,j] X_tap(i,j)[n,c].
 
@@ -200,6 +227,7 @@ def _winograd_correlate(x, w, b, y, m, pt, pl, groups):
 
 
 def _winograd_kernels(m):
+    @_finished
     def forward(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         """Y = A^T [(G g G^T) (.) (B^T d B)] A on every tile (3x3, stride 1, dilation 1)."""
         _winograd_correlate(x, w, b, y, m, pt, pl, groups)
