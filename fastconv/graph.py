@@ -127,16 +127,22 @@ class Graph(Layer):
             raise ValueError(f"Graph: expected {len(self.inputs)} inputs, got {len(arrays)}")
         values = {id(t): a for t, a in zip(self.inputs, arrays)}
         ctx.steps = None if ctx.inference else []
-        last_use, fused = self._inference_plan(nodes, outputs) if ctx.inference else ({}, set())
+        on_device = any(is_device_array(a) for a in arrays)
+        last_use, plan = self._inference_plan(nodes, outputs, on_device) if ctx.inference \
+            else ({}, {})
         for i, node in enumerate(nodes):
-            if node in fused:       # a ReLU that the node before it applied
-                values[id(node.output)] = values[id(node.inputs[0])]
+            how = plan.get(node)
+            if isinstance(how, SymbolicTensor):     # applied by the chain ``how`` is part of
+                values[id(node.output)] = values[id(how)]
             else:
                 step = Context()
                 if ctx.steps is None:
                     step.inference = True
                     step.overwrite = _may_overwrite(node, values, last_use.get(i, ()), arrays)
-                    step.relu = node.output in fused
+                    if how is not None:
+                        bn, residual, step.relu = how
+                        step.bn = None if bn is None else bn.layer
+                        step.residual = None if residual is None else values[id(residual)]
                 values[id(node.output)] = node.layer._forward(step, *(values[id(t)]
                                                                       for t in node.inputs))
             if ctx.steps is not None:
@@ -146,20 +152,35 @@ class Graph(Layer):
         out = [values[id(t)] for t in outputs]
         return out[0] if single_output else tuple(out)
 
-    def _inference_plan(self, nodes, outputs):
-        """The tensors' last readers (fixed by the graph, found once per node list) and
-        the ReLUs fused this call (a layer's mode decides whether it fuses)."""
-        from .nn.layers import fuses_relu
+    def _inference_plan(self, nodes, outputs, on_device):
+        """The tensors' last readers, and the chains that run as one node this call:
+        {node: (BatchNorm2d node or None, residual tensor or None, relu)} for the node
+        that applies a chain, {node: the chain's tensor it reads} for a node applied
+        by the chain's first node, whose result that tensor then is. The graph fixes
+        the candidates (found once per node list); the layers' modes and where the
+        arrays live decide which run fused."""
+        from .nn.layers import folds_batch_norm, fuses_epilogue, fuses_relu
 
         key = id(nodes)
         if key not in self._plans:
-            self._plans[key] = (_last_uses(nodes, outputs), _relu_candidates(nodes, outputs))
-        last_use, candidates = self._plans[key]
-        fused = set()
-        for node, t in candidates:
-            if fuses_relu(t.node.layer, node.layer):
-                fused.update((node, t))
-        return last_use, fused
+            self._plans[key] = (_last_uses(nodes, outputs), _chains(nodes, outputs))
+        last_use, chains = self._plans[key]
+        plan = {}
+        for head, bn, add, residual, relu in chains:
+            if head in plan:            # applied by an earlier chain
+                continue
+            if bn is not None or add is not None:      # a convolution's epilogue
+                if not fuses_epilogue(head.layer, on_device) or \
+                        bn is not None and not folds_batch_norm(head.layer, bn.layer, on_device):
+                    continue
+            elif not fuses_relu(head.layer, relu.layer, on_device):
+                continue
+            plan[head] = (bn, residual, relu is not None)
+            before = head.output
+            for applied in (bn, add, relu):
+                if applied is not None:
+                    plan[applied], before = before, applied.output
+        return last_use, plan
 
     def _backward(self, ctx, grad_out):
         if ctx.steps is None:
@@ -200,18 +221,47 @@ def _last_uses(nodes, outputs):
     return by_node
 
 
-def _relu_candidates(nodes, outputs):
-    """(node, its input) pairs where the node could be a ReLU fused into the node before
-    it at inference: the input is made by a node, read by this node alone and is not
-    a graph output."""
-    readers = {}
+def _chains(nodes, outputs):
+    """(head, bn, add, residual, relu) for each node that could apply the nodes after it
+    at inference: a BatchNorm2d or an Add the ReLU after it; a Conv2d the BatchNorm2d
+    after it, then an Add of its result and a tensor made before the convolution (the
+    residual), then the ReLU. Each node of a chain is the one reader of the tensor
+    before it, which is no graph output; the parts a chain lacks are None."""
+    from .nn.layers import Add, BatchNorm2d, Conv2d, ReLU
+
+    readers, position = {}, {node: i for i, node in enumerate(nodes)}
     for node in nodes:
         for t in node.inputs:
             readers.setdefault(id(t), []).append(node)
-    return [(node, node.inputs[0]) for node in nodes
-            if len(node.inputs) == 1 and node.inputs[0].node is not None
-            and len(readers[id(node.inputs[0])]) == 1
-            and not any(node.inputs[0] is o for o in outputs)]
+
+    def sole_reader(t, kind):
+        found = readers.get(id(t), [])
+        if len(found) != 1 or type(found[0].layer) is not kind \
+                or sum(u is t for u in found[0].inputs) != 1 or any(t is o for o in outputs):
+            return None
+        return found[0]
+
+    chains = []
+    for node in nodes:
+        t, bn, add, residual = node.output, None, None, None
+        if type(node.layer) is Conv2d:
+            bn = sole_reader(t, BatchNorm2d)
+            t = t if bn is None else bn.output
+            add = sole_reader(t, Add)
+            if add is not None and len(add.inputs) == 2:
+                residual = add.inputs[1] if add.inputs[0] is t else add.inputs[0]
+                if residual.node is None or position[residual.node] < position[node]:
+                    t = add.output
+                else:
+                    add = residual = None
+            else:
+                add = None
+        elif type(node.layer) not in (BatchNorm2d, Add):
+            continue
+        relu = sole_reader(t, ReLU)
+        if bn is not None or add is not None or relu is not None:
+            chains.append((node, bn, add, residual, relu))
+    return chains
 
 
 def _may_overwrite(node, values, dying, protected):

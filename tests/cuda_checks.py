@@ -161,6 +161,17 @@ def test_a_network_runs_on_the_gpu_backend_end_to_end():
         fc.set_backend(previous)
 
 
+def test_the_fused_convolution_is_refused_on_the_gpu_backend_and_models_run_unfused():
+    x, w = np.zeros((1, 2, 5, 5), np.float32), np.zeros((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="host backends"):
+        fc.functional.conv2d_fused(x, w, backend="cuda")
+    with pytest.raises(ValueError, match="host backends"):
+        fc.functional.conv2d_fused(_device(x), _device(w))
+    model = fc.nn.Sequential(fc.nn.Conv2d(2, 3, 3), fc.nn.BatchNorm2d(3), fc.nn.ReLU()).eval()
+    expected = model(x)
+    assert rel_err(_host(model(_device(x))), expected) <= 1e-6
+
+
 # ---------------------------------------------------------------------------
 # Device arrays: results stay on the device
 # ---------------------------------------------------------------------------

@@ -204,3 +204,45 @@ def test_inference_batchnorm_takes_a_strided_input():
     bn = _batchnorm(4, np.random.default_rng(11))
     y = nn.Sequential(EveryOtherRow(), bn).eval()(x)
     np.testing.assert_allclose(y, bn.forward(x[:, :, ::2]), rtol=1e-6, atol=1e-6)
+
+
+def test_convolutions_apply_batchnorm_residual_and_relu_in_their_epilogue(monkeypatch):
+    """The chains a graph runs as one convolution at inference give what the eval layers
+    give one by one, and no BatchNorm, Add or ReLU of a chain runs on its own: Conv-BN-ReLU,
+    Conv-BN-Add-ReLU with a residual made before the convolution, the downsampling block
+    (whose Add goes to the second branch, the first one's result being its residual),
+    Conv-ReLU, and a Sequential's Conv-BN-ReLU."""
+    rng = np.random.default_rng(10)
+    nn.manual_seed(10)
+    conv = [nn.Conv2d(4, 4, k, padding=k // 2) for k in (3, 3, 1, 1, 3)]
+    bn = [_batchnorm(4, rng) for _ in range(4)]
+    image = fc.Input((4, 6, 6))
+    a = nn.ReLU()(bn[0](conv[0](image)))
+    out1 = nn.ReLU()(nn.Add()(bn[1](conv[1](a)), image))
+    out2 = nn.ReLU()(nn.Add()(bn[2](conv[2](out1)), bn[3](conv[3](out1))))
+    last = nn.ReLU()(conv[4](out2))
+    graph = fc.Graph(image, last).eval()
+    head = nn.Sequential(nn.Conv2d(4, 3, 3), _batchnorm(3, rng), nn.ReLU()).eval()
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+
+    def relu(t):
+        return np.maximum(t, 0)
+
+    a_ = relu(bn[0].forward(conv[0].forward(x)))
+    out1_ = relu(bn[1].forward(conv[1].forward(a_)) + x)
+    out2_ = relu(bn[2].forward(conv[2].forward(out1_)) + bn[3].forward(conv[3].forward(out1_)))
+    expected = relu(conv[4].forward(out2_))
+    expected_head = relu(head[1].forward(head[0].forward(expected)))
+    ran = []
+    for kind in (nn.BatchNorm2d, nn.Add, nn.ReLU):
+        monkeypatch.setattr(kind, "_forward", lambda self, ctx, *a, f=kind._forward:
+                            ran.append(self) or f(self, ctx, *a))
+    before = x.copy()
+    got = graph(x)
+    got_head = head(got)
+    assert ran == [] and np.array_equal(x, before)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_head, expected_head, rtol=1e-5, atol=1e-5)
+    bn[1].train()           # batch statistics: that BatchNorm runs alone, the Add takes the ReLU
+    graph(x)
+    assert [type(layer) for layer in ran] == [nn.BatchNorm2d, nn.Add]

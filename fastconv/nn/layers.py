@@ -10,7 +10,7 @@ import numpy as np
 from scipy.special import expit
 
 from .. import functional as F
-from ..backends import is_device_array, single_threaded_blas
+from ..backends import default_backend, is_device_array, single_threaded_blas
 from .module import Layer, Parameter
 
 _rng = np.random.default_rng()
@@ -36,6 +36,8 @@ class Conv2d(Layer):
 
     runs_on_gpu = True
 
+    fuses_relu = True       # on the host, after a BatchNorm2d and a residual: fuses_epilogue
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, *, algorithm="auto", backend=None,
                  dtype=np.float32):
@@ -58,9 +60,13 @@ class Conv2d(Layer):
 
     def _forward(self, ctx, x):
         w = self.weight.data
+        b = None if self.bias is None else self.bias.data
+        if ctx.bn is not None or ctx.residual is not None or ctx.relu:
+            scale, shift = (None, None) if ctx.bn is None else ctx.bn.scale_shift()
+            return F.conv2d_fused(x, w, b, scale=scale, shift=shift, residual=ctx.residual,
+                                  relu=ctx.relu, algorithm=self.algorithm, **self._args())
         ctx.algorithm = F.conv2d_algorithm(x, w, algorithm=self.algorithm, **self._args())
         ctx.x = x
-        b = None if self.bias is None else self.bias.data
         return F.conv2d(x, w, b, algorithm=ctx.algorithm, **self._args())
 
     def _backward(self, ctx, grad_out):
@@ -279,9 +285,25 @@ class Dropout(Layer):
         return grad_out if ctx.scale is None else grad_out * ctx.scale
 
 
-def fuses_relu(layer, after):
+def fuses_epilogue(layer, on_device=False):
+    """Whether ``layer`` is a convolution that can apply, at inference, a BatchNorm2d, a
+    residual sum and a ReLU after it in its epilogue (``functional.conv2d_fused``): on
+    the host backends."""
+    return type(layer) is Conv2d and not on_device and \
+        (layer.backend or default_backend("conv2d_fwd_im2col")) != "cuda"
+
+
+def fuses_relu(layer, after, on_device=False):
     """Whether ``layer`` can apply ``after`` itself at inference (``after`` a ReLU)."""
-    return getattr(layer, "fuses_relu", False) and type(after) is ReLU
+    return getattr(layer, "fuses_relu", False) and type(after) is ReLU \
+        and (type(layer) is not Conv2d or fuses_epilogue(layer, on_device))
+
+
+def folds_batch_norm(layer, after, on_device=False):
+    """Whether convolution ``layer`` can apply ``after``, a BatchNorm2d, itself at
+    inference: with running statistics in eval mode the normalisation is one scale
+    and shift per channel."""
+    return fuses_epilogue(layer, on_device) and type(after) is BatchNorm2d and after.fuses_relu
 
 
 class Sequential(Layer):
@@ -312,19 +334,22 @@ class Sequential(Layer):
         # at inference no context is kept, so each activation is freed as soon as
         # the next layer has read it
         ctx.steps = None if ctx.inference else []
-        caller = x
+        caller, on_device = x, is_device_array(x)
         layers = list(self._children.values())
-        fused = False
-        for layer, after in zip(layers, layers[1:] + [None]):
-            if fused:               # a ReLU the layer before applied
-                fused = False
-                continue
+        i = 0
+        while i < len(layers):
+            layer, after = layers[i], layers[i + 1:i + 3]
+            i += 1
             step = type(ctx)()
             if ctx.steps is None:
                 step.inference = True
-                step.overwrite = not is_device_array(x) and x.flags.writeable \
+                step.overwrite = not on_device and x.flags.writeable \
                     and not np.may_share_memory(x, caller)
-                step.relu = fused = fuses_relu(layer, after)
+                if after and folds_batch_norm(layer, after[0], on_device):
+                    step.bn, after = after[0], after[1:]
+                    i += 1
+                step.relu = bool(after) and fuses_relu(layer, after[0], on_device)
+                i += step.relu      # layers the step applies are skipped
             x = layer._forward(step, x)
             if ctx.steps is not None:
                 ctx.steps.append((layer, step))
@@ -424,6 +449,13 @@ class BatchNorm2d(Layer):
         if self.weight is None:
             return xhat.astype(x.dtype)
         return (xhat * self.weight.data[:, None, None] + self.bias.data[:, None, None]).astype(x.dtype)
+
+    def scale_shift(self):
+        """The running statistics' normalisation as one scale and shift per channel
+        (float64): ``y = x * scale + shift``."""
+        return F.batch_norm_scale_shift(
+            self.running_mean, self.running_var, None if self.weight is None else self.weight.data,
+            None if self.bias is None else self.bias.data, self.eps)
 
     def _affine(self, x, mean, var, overwrite, relu):
         """Inference with the running statistics, one scale and shift per channel (then

@@ -31,13 +31,16 @@ class Context:
     its context and those its containers make for their children say
     ``inference``, no backward will follow, so a layer need keep nothing. A
     child in eval mode inside a model that trains (a frozen BatchNorm) runs
-    with ``inference`` false, and so does a single layer called on its own. It also sets ``overwrite`` when
-    the layer's first input is read for the last time and shares no memory with
+    with ``inference`` false, and so does a single layer called on its own. It
+    also sets ``overwrite`` when the layer's first input is read for the last time and shares no memory with
     any other live array, so that the layer may write its output there (ReLU,
     BatchNorm, Add do, as PyTorch's ``inplace=True`` layers do). A layer whose
     class sets ``fuses_relu`` may be asked, by ``relu``, to apply the ReLU that
     alone reads its output, which then does not run: one pass over the
-    activations instead of two. In backward, ``needs_input_grad`` is false when
+    activations instead of two. A convolution on the host may likewise be asked
+    to apply the BatchNorm2d that alone reads its output (``bn``) and to add a
+    ``residual`` array (the other input of the Add after it) before that ReLU,
+    all in its epilogue. In backward, ``needs_input_grad`` is false when
     nobody wants the gradient of the layer's inputs (a network's data), so a
     convolution need not compute it.
     """
@@ -45,6 +48,8 @@ class Context:
     inference = False
     overwrite = False
     relu = False
+    bn = None
+    residual = None
     needs_input_grad = True
 
 
