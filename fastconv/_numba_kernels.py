@@ -991,8 +991,10 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
 # where gcc's Cython twin runs 16: with 16 lanes the vector loop never ran and
 # every lane went through the scalar remainder (VGG-16 conv1_2 in F(4x4):
 # 37.9 ms, against 16-22 ms with 64 lanes; 16 or 64 made no difference to gcc).
+# A run's last group, short of tiles, runs only the turns its tiles need.
 
 TV = 64         # tiles transformed together, the vector lanes
+TURN = 32       # lanes of one turn of the vector loop
 ALPHA_MAX = 8   # alpha of F(6x6, 3x3)
 WINOGRAD_LANES = TV
 
@@ -1027,7 +1029,6 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
     column 0 is the input's column -pl: the tiles are then gathered without bounds
     checks."""
     alpha = bt.shape[0]
-    lanes = d.shape[2]      # TV, read at run time (see the note above TV)
     tr0 = tile0 // tiles_w
     rows = ((tile0 + nt - 1) // tiles_w - tr0) * m + alpha
     width = tiles_w * m + alpha - m
@@ -1036,6 +1037,7 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
         _padded_rows(x, n, c0 + c, tr0 * m - pt, -pl, rows, width, buf)
         for g0 in range(_ceil_div(nt, TV)):
             l0 = g0 * TV
+            lanes = min(d.shape[2], _ceil_div(nt - l0, TURN) * TURN)    # see the note above TV
             # where each lane's tile starts in buf; a lane past the last tile reads the first
             for l in range(lanes):
                 tile = tile0 + l0 + l if l0 + l < nt else tile0
@@ -1065,7 +1067,7 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, 
                         if coef != 0:
                             for l in range(lanes):
                                 d[a, b2, l] += tmp[a, s, l] * coef
-                    for l in range(lanes):      # all lanes: T is a multiple of TV
+                    for l in range(lanes):      # T is a multiple of TV
                         v[_u(v0 + (a * alpha + b2) * plane + c * ld + l0 + l)] = d[a, b2, l]
 
 
@@ -1077,15 +1079,15 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
     m, alpha, OH, OW = at.shape[0], at.shape[1], y.shape[2], y.shape[3]
     scaled, summed = scale.shape[0] > 0, residual.shape[0] > 0
     zero = y.dtype.type(0)
-    lanes = mv.shape[2]     # TV, read at run time (see the note above TV)
     for g0 in range(_ceil_div(nt, TV)):
         l0 = g0 * TV
         nl = min(TV, nt - l0)
+        lanes = min(mv.shape[2], _ceil_div(nl, TURN) * TURN)    # see the note above TV
         for l in range(lanes):
             oh0[l] = (tile0 + l0 + l) // tiles_w * m
             ow0[l] = (tile0 + l0 + l) % tiles_w * m
         for k in range(n_k):
-            for a in range(alpha):      # all lanes (T is a multiple of TV); only nl are kept
+            for a in range(alpha):      # T is a multiple of TV; only nl lanes are kept
                 for b2 in range(alpha):
                     for l in range(lanes):
                         mv[a, b2, l] = mm[_u(mm0 + (a * alpha + b2) * plane + k * ld + l0 + l)]
