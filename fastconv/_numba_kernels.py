@@ -140,6 +140,25 @@ def _lower_row(x, n, c, i, j, dst, dst0, oh0, rows, OW, sh, sw, pt, pl, dh, dw):
     iw0 = j * dw - pl
     ow0 = _first_inside(iw0, sw, OW)
     ow1 = _end_inside(iw0, sw, W, ow0, OW)
+    if sw == 1:     # contiguous copies, which the compiler vectorises
+        # a loop nest of their own: with the stride tested inside the row loop, as
+        # the general case below does, LLVM's code lowered AlexNet's conv2 in 0.57
+        # ms rather than 0.37 (gcc's in the Cython twin did not mind)
+        for r in range(rows):
+            ih = (oh0 + r) * sh - pt + i * dh
+            d = dst0 + r * OW
+            if ih < 0 or ih >= H:
+                for ow in range(OW):
+                    dst[_u(d + ow)] = 0
+            else:
+                xrow = x[n, c, ih]
+                for ow in range(ow0):
+                    dst[_u(d + ow)] = 0
+                for ow in range(ow0, ow1):
+                    dst[_u(d + ow)] = xrow[_u(ow + iw0)]
+                for ow in range(ow1, OW):
+                    dst[_u(d + ow)] = 0
+        return
     for r in range(rows):
         ih = (oh0 + r) * sh - pt + i * dh
         if ih < 0 or ih >= H:
@@ -149,10 +168,7 @@ def _lower_row(x, n, c, i, j, dst, dst0, oh0, rows, OW, sh, sw, pt, pl, dh, dw):
             xrow = x[n, c, ih]
             for ow in range(ow0):
                 dst[dst0 + ow] = 0
-            if sw == 1:     # a contiguous copy, which the compiler vectorises
-                for ow in range(ow0, ow1):
-                    dst[_u(dst0 + ow)] = xrow[_u(ow + iw0)]
-            elif sw == 2:   # constant strides: gcc vectorises them with shuffles (LLVM: gathers)
+            if sw == 2:     # constant strides: gcc vectorises them with shuffles (LLVM: gathers)
                 for ow in range(ow0, ow1):
                     dst[_u(dst0 + ow)] = xrow[_u(ow * 2 + iw0)]
             elif sw == 4:
