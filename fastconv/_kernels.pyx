@@ -1165,6 +1165,8 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
                                 tmp[i][b2][l] += coef * mv[a][b2][l]
             # Y = tmp A + bias (the bias after the scale, if any)
             start = 0 if scaled else bias[k0 + k]
+            s = scale[k0 + k] if scaled else 1
+            c = bias[k0 + k] if scaled else 0
             for i in range(m):
                 for j in range(m):
                     for l in range(TV):
@@ -1175,31 +1177,20 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
                             for l in range(TV):
                                 mv[i][j][l] += tmp[i][b2][l] * coef
                     if scaled:
-                        s, c = scale[k0 + k], bias[k0 + k]
                         for l in range(TV):
                             mv[i][j][l] = mv[i][j][l] * s + c
-            # stored with the rest of the epilogue, if any: one loop each, since the
-            # epilogue's arithmetic in the plain store cost F(6x6) on VGG-16's
-            # conv1_2 12% of its time
-            if summed or relu:
-                for l in range(nl):
-                    for i in range(m):
-                        oh = oh0[l] + i
-                        if oh < OH:
-                            for j in range(m):
-                                ow = ow0[l] + j
-                                if ow < OW:
+            for l in range(nl):
+                for i in range(m):
+                    oh = oh0[l] + i
+                    if oh < OH:
+                        for j in range(m):
+                            ow = ow0[l] + j
+                            if ow < OW:     # stored with the rest of the epilogue, if any
+                                if summed or relu:
                                     y[n, k0 + k, oh, ow] = _epilogue(
                                         mv[i][j][l], 1, 0,
                                         residual[n, k0 + k, oh, ow] if summed else 0, relu)
-            else:
-                for l in range(nl):
-                    for i in range(m):
-                        oh = oh0[l] + i
-                        if oh < OH:
-                            for j in range(m):
-                                ow = ow0[l] + j
-                                if ow < OW:
+                                else:
                                     y[n, k0 + k, oh, ow] = mv[i][j][l]
 
 

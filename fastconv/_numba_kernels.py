@@ -1094,7 +1094,7 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
     M[a, b] = mm[mm0 + (a*alpha + b)*plane + k*ld + l]."""
     m, alpha, OH, OW = at.shape[0], at.shape[1], y.shape[2], y.shape[3]
     scaled, summed = scale.shape[0] > 0, residual.shape[0] > 0
-    zero = y.dtype.type(0)
+    zero, one = y.dtype.type(0), y.dtype.type(1)
     for g0 in range(_ceil_div(nt, TV)):
         l0 = g0 * TV
         nl = min(TV, nt - l0)
@@ -1120,6 +1120,8 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
                                 tmp[i, b2, l] += coef * mv[a, b2, l]
             # Y = tmp A + bias (the bias after the scale, if any)
             start = zero if scaled else bias[k0 + k]
+            s = scale[k0 + k] if scaled else one
+            c = bias[k0 + k] if scaled else zero
             for i in range(m):
                 for j in range(m):
                     for l in range(lanes):
@@ -1130,34 +1132,22 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
                             for l in range(lanes):
                                 mv[i, j, l] += tmp[i, b2, l] * coef
                     if scaled:
-                        s, c = scale[k0 + k], bias[k0 + k]
                         for l in range(lanes):
                             mv[i, j, l] = mv[i, j, l] * s + c
-            # stored with the rest of the epilogue, if any: one loop each, since the
-            # epilogue's arithmetic in the plain store cost F(6x6) on VGG-16's
-            # conv1_2 12% of its time
             out = y[n, k0 + k]
-            if summed or relu:
-                one = y.dtype.type(1)
-                for l in range(nl):
-                    for i in range(m):
-                        oh = oh0[l] + i
-                        if oh < OH:
-                            for j in range(m):
-                                ow = ow0[l] + j
-                                if ow < OW:
+            for l in range(nl):
+                for i in range(m):
+                    oh = oh0[l] + i
+                    if oh < OH:
+                        for j in range(m):
+                            ow = ow0[l] + j
+                            if ow < OW:     # stored with the rest of the epilogue, if any
+                                if summed or relu:
                                     out[_u(oh), _u(ow)] = _epilogue(
                                         mv[i, j, l], one, zero,
                                         residual[n, k0 + k, oh, ow] if summed else zero, relu,
                                         zero)
-            else:
-                for l in range(nl):
-                    for i in range(m):
-                        oh = oh0[l] + i
-                        if oh < OH:
-                            for j in range(m):
-                                ow = ow0[l] + j
-                                if ow < OW:
+                                else:
                                     out[_u(oh), _u(ow)] = mv[i, j, l]
 
 
