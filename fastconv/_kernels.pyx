@@ -1678,7 +1678,7 @@ def channel_affine(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     """y = x * scale[c] + shift[c], then max(y, 0) if ``relu`` (NaN stays NaN)."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t plane, n, c, i, j
-    cdef floating a, b, v
+    cdef floating a, b
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
@@ -1687,10 +1687,7 @@ def channel_affine(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
             b = shift[c]
             for i in range(H):
                 for j in range(W):
-                    v = x[n, c, i, j] * a + b
-                    if relu and v < 0:
-                        v = 0
-                    y[n, c, i, j] = v
+                    y[n, c, i, j] = _epilogue(x[n, c, i, j], a, b, 0, relu)
 
 
 # ---------------------------------------------------------------------------

@@ -1577,6 +1577,7 @@ def channel_affine(x,      # IN  (N, C, H, W)
                    relu, n_threads):
     """y = x * scale[c] + shift[c], then max(y, 0) if ``relu`` (NaN stays NaN)."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    zero = x.dtype.type(0)
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
@@ -1586,10 +1587,7 @@ def channel_affine(x,      # IN  (N, C, H, W)
         dst = y[n, c]
         for i in range(H):
             for j in range(W):
-                v = src[_u(i), _u(j)] * a + b
-                if relu and v < 0:
-                    v = x.dtype.type(0)
-                dst[_u(i), _u(j)] = v
+                dst[_u(i), _u(j)] = _epilogue(src[_u(i), _u(j)], a, b, zero, relu, zero)
 
 
 # ---------------------------------------------------------------------------

@@ -169,9 +169,11 @@ class Graph(Layer):
         for head, bn, add, residual, relu in chains:
             if head in plan:            # applied by an earlier chain
                 continue
-            if bn is not None or add is not None:      # a convolution's epilogue
-                if not fuses_epilogue(head.layer, on_device) or \
-                        bn is not None and not folds_batch_norm(head.layer, bn.layer, on_device):
+            if bn is not None:                         # a convolution's epilogue
+                if not folds_batch_norm(head.layer, bn.layer, on_device):
+                    continue
+            elif add is not None:
+                if not fuses_epilogue(head.layer, on_device):
                     continue
             elif not fuses_relu(head.layer, relu.layer, on_device):
                 continue
