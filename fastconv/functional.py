@@ -56,11 +56,12 @@ def _kernel(backend, name, op):
     return kernel
 
 
-def _conv_setup(geometry, algorithm, backend, op, *arrays):
+def _conv_setup(geometry, algorithm, backend, op, *arrays, inference=False):
     """Backend module and resolved algorithm of a convolution call on ``arrays``."""
     module = _backend_for(backend, "conv2d_fwd_im2col", op, *arrays)
     name = _backends.backend_name(module)
-    algo = _select.choose_algorithm(geometry, algorithm, _select.implemented(module), name, op)
+    algo = _select.choose_algorithm(geometry, algorithm, _select.implemented(module), name, op,
+                                    inference)
     return module, algo
 
 
@@ -82,16 +83,18 @@ def _bias_or_zeros(bias, geometry, x):
 
 
 def conv2d_algorithm(x, weight, stride=1, padding=0, dilation=1, groups=1, *,
-                     algorithm="auto", backend=None):
+                     algorithm="auto", backend=None, inference=False):
     """The algorithm :func:`conv2d` would run for these arguments (``"auto"`` resolved),
-    so that a layer's backward pass can follow the path its forward pass took.
+    so that a layer's backward pass can follow the path its forward pass took. With
+    ``inference``, no backward pass follows, and ``"auto"`` picks the fastest forward
+    whatever its gradients cost (the direct kernels' weight gradient is slow).
 
     >>> conv2d_algorithm(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), backend="numpy")
     'direct'
     """
     x, weight, _, g = _shapes.conv2d_geometry(x, weight, None, stride, padding, dilation,
                                               groups, "conv2d")
-    return _conv_setup(g, algorithm, backend, "conv2d", x, weight)[1]
+    return _conv_setup(g, algorithm, backend, "conv2d", x, weight, inference=inference)[1]
 
 
 def algorithms(backend=None):
@@ -172,7 +175,8 @@ def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     Parameters
     ----------
     x, weight, bias, stride, padding, dilation, groups, algorithm, backend
-        As for :func:`conv2d`.
+        As for :func:`conv2d`; no backward pass follows, so ``"auto"`` picks the
+        fastest forward (``conv2d_algorithm(..., inference=True)``).
     scale, shift : array_like, (C_out,), optional
         1 and 0 when left out.
     residual : ndarray, (N, C_out, OH, OW), optional
@@ -193,7 +197,7 @@ def conv2d_fused(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1
     op = "conv2d_fused"
     x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
                                                  groups, op)
-    module, algo = _conv_setup(g, algorithm, backend, op, x, weight, bias)
+    module, algo = _conv_setup(g, algorithm, backend, op, x, weight, bias, inference=True)
     if _backends.backend_name(module) == "cuda":
         raise ValueError(f"{op}: runs on the host backends (numpy, cython, numba), not on "
                          f"'cuda'; on the GPU call conv2d, then batch_norm_inference or add")

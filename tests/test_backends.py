@@ -174,6 +174,27 @@ def test_auto_picks_winograd_where_it_was_measured_to_win(channels, size, kernel
     assert choose_algorithm(g, "auto", ALGORITHMS, "numpy") == "im2col"
 
 
+@pytest.mark.parametrize("channels,size,kernel,stride,expected", [
+    (512, 14, 3, 1, "direct"),        # VGG-16 conv5_2
+    (64, 56, 3, 2, "direct"),         # strided
+    (64, 56, 5, 1, "direct"),         # not 3x3
+    (64, 224, 3, 1, "winograd6"),     # Winograd's layers keep it
+    (256, 56, 3, 1, "winograd4"),
+    (64, 56, 1, 1, "im2col"),         # 1x1: a GEMM with no lowering
+    (64, 56, 1, 2, "im2col"),
+])
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_auto_picks_direct_at_inference_where_winograd_does_not_run(channels, size, kernel,
+                                                                   stride, expected, backend):
+    g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size)
+    assert choose_algorithm(g, "auto", ALGORITHMS, backend, inference=True) == expected
+    assert choose_algorithm(g, "auto", ALGORITHMS, "numpy", inference=True) == "im2col"
+    assert choose_algorithm(g, "auto", ("im2col",), backend, inference=True) == "im2col"
+    # with a backward pass to follow, the direct kernels' gradients rule them out
+    assert choose_algorithm(g, "auto", ALGORITHMS, backend) in ("im2col", "winograd4",
+                                                                  "winograd6")
+
+
 @pytest.mark.parametrize("requested,expected", [
     ("im2col", "im2col"), ("direct", "direct"), ("winograd", "winograd4"),
     ("winograd2", "winograd2"), ("winograd6", "winograd6"),

@@ -11,8 +11,9 @@ import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS, rotated_weights
 from . import kernel_blas_single_threaded
-from ._workspace import (direct_workspace, im2col_workspace, output_channel_parts,
-                         per_image_gradients, whole_rows, winograd_workspace)
+from ._workspace import (direct_channel_parts, direct_workspace, im2col_workspace,
+                         output_channel_parts, per_image_gradients, whole_rows,
+                         winograd_workspace)
 
 
 def _epilogue_args(y, scale, residual, relu):
@@ -76,10 +77,13 @@ def direct_convolutions(kernels):
 
     def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads,
                           scale=None, residual=None, relu=False):
+        k_parts = direct_channel_parts(w.shape, y.shape, kh, kw, groups, n_threads)
         work, block = direct_workspace(w.shape, y.shape, kh, kw, sh, sw, dh, dw, groups,
-                                       n_threads, x.dtype, kernels.DIRECT_OUTPUTS)
+                                       n_threads, x.dtype, kernels.TILE_OUTPUTS[0],
+                                       kernels.TILE_OUTPUTS[1], k_parts)
         kernels.conv2d_fwd_direct(x, w, b, y, *_epilogue_args(y, scale, residual, relu), work,
-                                  block, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads)
+                                  block, kh, kw, sh, sw, pt, pl, dh, dw, groups, k_parts,
+                                  n_threads)
 
     def conv2d_bwd_data_direct(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
         if sh != 1 or sw != 1:

@@ -104,22 +104,40 @@ def balanced_rows(oh, most, images, n_threads):
 
 
 def direct_workspace(w_shape, y_shape, kh, kw, sh, sw, dh, dw, groups, n_threads, dtype,
-                     wide_rows):
+                     wide_rows, tile=0, k_parts=1):
     """The direct kernels' scratch, ``(work, block)``: a (threads, size) buffer and the
     output rows of a task. A task's stride-phase planes (C/g channels of block + reach
     rows of Qw) stay within ``CACHE_BLOCK`` bytes, since every output channel reads
-    them, and its ``wide_rows`` rows of block*Qw (the forward's accumulators, the
-    weight gradient's block of dY) within ``DIRECT_ACC`` values, so that they stay in
-    L1; the blocks are balanced between the threads as im2col's are."""
+    them, and so do its ``wide_rows`` rows of block*Qw; the weight gradient adds into
+    these (K/g rows of dY), which then stay within ``DIRECT_ACC`` values, in L1. The
+    forward (``tile``: its tile width) writes them once per tile, and its tiles read
+    and write up to ``tile`` values past the planes and past each row. The blocks are
+    balanced between the threads as im2col's are, over images, groups and
+    ``k_parts`` parts of the output channels."""
     n, _, oh, ow = y_shape
     c_per_group, itemsize = w_shape[1], np.dtype(dtype).itemsize
     qw, reach = ow + (kw - 1) * dw // sw, (kh - 1) * dh // sh
     plane_row = c_per_group * sh * sw * qw * itemsize
-    most = max(1, min(DIRECT_ACC // (wide_rows * qw), CACHE_BLOCK // plane_row - reach,
-                      _limit // n_threads // plane_row - reach))
-    block = balanced_rows(oh, most, n * groups, n_threads)
-    size = c_per_group * sh * sw * (block + reach) * qw + wide_rows * block * qw
+    cached_rows = CACHE_BLOCK // plane_row - reach
+    if not tile:
+        cached_rows = min(cached_rows, DIRECT_ACC // (wide_rows * qw))
+    most = max(1, min(cached_rows, _limit // n_threads // plane_row - reach))
+    block = balanced_rows(oh, most, n * groups * k_parts, n_threads)
+    size = c_per_group * sh * sw * (block + reach) * qw + tile + wide_rows * (block * qw + tile)
     return np.empty((n_threads, size), dtype), block
+
+
+def direct_channel_parts(w_shape, y_shape, kh, kw, groups, n_threads):
+    """Parts into which the direct forward splits a group's tiles of output channels:
+    the threads share the channels of each image rather than its rows when there are
+    fewer images (times groups) than threads and a group's weights outweigh its
+    output. A share of the rows would make every thread stream all the weights from
+    memory, each used by few tiles."""
+    n, k, oh, ow = y_shape
+    tasks = n * groups
+    if not 0 < tasks < n_threads or w_shape[1] * kh * kw < oh * ow:
+        return 1
+    return n_threads // tasks
 
 
 def whole_rows(x_shape, y_shape, kw, sh, sw, pl, dw):
