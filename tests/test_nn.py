@@ -278,3 +278,28 @@ def test_adam_steps_match_torch(weight_decay):
         ours.step()
         theirs.step()
         assert rel_err(p.data, q.detach().numpy()) <= 1e-14
+
+
+@pytest.mark.parametrize("backend", ["cython", "numba"])
+def test_conv2d_layer_takes_the_inference_algorithm_only_in_eval_mode(backend, monkeypatch):
+    """auto may pick the direct kernels (fast forward, slow gradients) only where no
+    backward pass follows: a strided 3x3 layer runs direct in eval mode, im2col in
+    training, with the same output."""
+    import fastconv.functional as F
+
+    ran = []
+    conv2d = F.conv2d
+
+    def recording(*args, algorithm, **kwargs):
+        ran.append(algorithm)
+        return conv2d(*args, algorithm=algorithm, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d", recording)
+    rng = np.random.default_rng(0)
+    layer = nn.Conv2d(16, 32, 3, stride=2, padding=1, backend=backend)
+    x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
+    trained = layer(x)
+    layer.eval()
+    evaluated = layer(x)
+    assert ran == ["im2col", "direct"]
+    assert rel_err(evaluated, trained) < 1e-5
