@@ -764,7 +764,9 @@ cdef enum:
     DIRECT_LANES = 16   # partial sums of a weight gradient's dot product
     KB = 8          # input channels per task of the data gradient
 
-TILE_OUTPUTS = (TILE_K, SLACK)
+# the forward's workspace: rows of sums a task keeps, and how far past its planes
+# and each row its tiles reach
+DIRECT_SUMS = (TILE_K, SLACK)
 
 
 cdef void _direct_planes(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,

@@ -761,7 +761,9 @@ def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
 TILE_K = 8      # output channels of a forward tile
 TILE_P = 32     # wide outputs of a forward tile
 SLACK = TILE_K * TILE_P     # how far past the end of a task's planes a tile reads
-TILE_OUTPUTS = (TILE_K, SLACK)
+# the forward's workspace: rows of sums a task keeps, and how far past its planes
+# and each row its tiles reach
+DIRECT_SUMS = (TILE_K, SLACK)
 KB = 8          # input channels per task of the data gradient
 
 

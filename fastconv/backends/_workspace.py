@@ -104,26 +104,26 @@ def balanced_rows(oh, most, images, n_threads):
 
 
 def direct_workspace(w_shape, y_shape, kh, kw, sh, sw, dh, dw, groups, n_threads, dtype,
-                     wide_rows, tile=0, k_parts=1):
+                     wide_rows, slack=0, k_parts=1):
     """The direct kernels' scratch, ``(work, block)``: a (threads, size) buffer and the
     output rows of a task. A task's stride-phase planes (C/g channels of block + reach
     rows of Qw) stay within ``CACHE_BLOCK`` bytes, since every output channel reads
-    them, and so do its ``wide_rows`` rows of block*Qw; the weight gradient adds into
-    these (K/g rows of dY), which then stay within ``DIRECT_ACC`` values, in L1. The
-    forward (``tile``: its tile width) writes them once per tile, and its tiles read
-    and write up to ``tile`` values past the planes and past each row. The blocks are
-    balanced between the threads as im2col's are, over images, groups and
+    them, and so do its ``wide_rows`` rows of block*Qw. The weight gradient
+    (``slack`` 0) adds into these (K/g rows of dY), which then stay within
+    ``DIRECT_ACC`` values, in L1; the forward writes them (its sums) once per tile,
+    and its tiles reach up to ``slack`` values past the planes and past each row. The
+    blocks are balanced between the threads as im2col's are, over images, groups and
     ``k_parts`` parts of the output channels."""
     n, _, oh, ow = y_shape
     c_per_group, itemsize = w_shape[1], np.dtype(dtype).itemsize
     qw, reach = ow + (kw - 1) * dw // sw, (kh - 1) * dh // sh
     plane_row = c_per_group * sh * sw * qw * itemsize
     cached_rows = CACHE_BLOCK // plane_row - reach
-    if not tile:
+    if not slack:
         cached_rows = min(cached_rows, DIRECT_ACC // (wide_rows * qw))
     most = max(1, min(cached_rows, _limit // n_threads // plane_row - reach))
     block = balanced_rows(oh, most, n * groups * k_parts, n_threads)
-    size = c_per_group * sh * sw * (block + reach) * qw + tile + wide_rows * (block * qw + tile)
+    size = c_per_group * sh * sw * (block + reach) * qw + slack + wide_rows * (block * qw + slack)
     return np.empty((n_threads, size), dtype), block
 
 
