@@ -281,10 +281,12 @@ def test_adam_steps_match_torch(weight_decay):
 
 
 @pytest.mark.parametrize("backend", ["cython", "numba"])
-def test_conv2d_layer_takes_the_inference_algorithm_only_in_eval_mode(backend, monkeypatch):
+def test_convolution_takes_the_inference_algorithm_only_when_no_backward_follows(backend,
+                                                                               monkeypatch):
     """auto may pick the direct kernels (fast forward, slow gradients) only where no
-    backward pass follows: a strided 3x3 layer runs direct in eval mode, im2col in
-    training, with the same output."""
+    backward pass follows, in a model called in eval mode: a strided 3x3 layer runs
+    im2col in training and when called alone in eval mode (it may still backpropagate),
+    direct inside a model in eval mode, with the same output."""
     import fastconv.functional as F
 
     ran = []
@@ -297,9 +299,12 @@ def test_conv2d_layer_takes_the_inference_algorithm_only_in_eval_mode(backend, m
     monkeypatch.setattr(F, "conv2d", recording)
     rng = np.random.default_rng(0)
     layer = nn.Conv2d(16, 32, 3, stride=2, padding=1, backend=backend)
+    model = nn.Sequential(layer)
     x = rng.standard_normal((2, 16, 20, 20)).astype(np.float32)
-    trained = layer(x)
-    layer.eval()
-    evaluated = layer(x)
-    assert ran == ["im2col", "direct"]
+    trained = model(x)
+    model.eval()
+    alone = layer(x)
+    evaluated = model(x)
+    assert ran == ["im2col", "im2col", "direct"]
+    assert rel_err(alone, trained) < 1e-5
     assert rel_err(evaluated, trained) < 1e-5

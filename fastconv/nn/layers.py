@@ -66,7 +66,7 @@ class Conv2d(Layer):
             return F.conv2d_fused(x, w, b, scale=scale, shift=shift, residual=ctx.residual,
                                   relu=ctx.relu, algorithm=self.algorithm, **self._args())
         ctx.algorithm = F.conv2d_algorithm(x, w, algorithm=self.algorithm,
-                                           inference=not self.training, **self._args())
+                                           inference=ctx.inference, **self._args())
         ctx.x = x
         return F.conv2d(x, w, b, algorithm=ctx.algorithm, **self._args())
 
