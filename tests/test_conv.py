@@ -297,11 +297,12 @@ def test_im2col_and_col2im_match_definition(backend, config):
 
 @pytest.mark.parametrize("backend,algo", backend_algorithms())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_empty_batch(backend, algo, dtype):
-    x = np.zeros((0, 4, 6, 6), dtype)
-    w = np.ones((2, 4, 3, 3), dtype)
+@pytest.mark.parametrize("c_out,size", [(2, 6), (64, 2)])   # the second: weights outweigh Y
+def test_empty_batch(backend, algo, dtype, c_out, size):
+    x = np.zeros((0, 4, size, size), dtype)
+    w = np.ones((c_out, 4, 3, 3), dtype)
     y = fc.conv2d(x, w, padding=1, algorithm=algo, backend=backend)
-    assert y.shape == (0, 2, 6, 6) and y.dtype == dtype
+    assert y.shape == (0, c_out, size, size) and y.dtype == dtype
     gx, gw, gb = fc.conv2d_backward(y, x, w, padding=1, algorithm=algo, backend=backend)
     assert gx.shape == x.shape and not gw.any() and not gb.any()
 

@@ -75,10 +75,14 @@ def output_channel_parts(y_shape, groups, n_threads):
     BLAS packs only its share of the weights, where a share of the rows would make every
     thread pack all of them: ResNet-50's 7x7 layers ran 10-30% faster."""
     n, k, oh, ow = y_shape
-    tasks = n * groups
-    if tasks >= n_threads or k // groups < WEIGHT_HEAVY * oh * ow:
-        return 1
-    return n_threads // tasks
+    return _channel_parts(n * groups, n_threads, k // groups >= WEIGHT_HEAVY * oh * ow)
+
+
+def _channel_parts(tasks, n_threads, weight_heavy):
+    """Parts of each task's output channels that the threads share: as many as there are
+    threads to a task when there are fewer tasks than threads (and at least one) and the
+    weights outweigh the output; else 1."""
+    return n_threads // tasks if weight_heavy and 0 < tasks < n_threads else 1
 
 
 def balanced_rows(oh, most, images, n_threads):
@@ -134,10 +138,7 @@ def direct_channel_parts(w_shape, y_shape, kh, kw, groups, n_threads):
     output. A share of the rows would make every thread stream all the weights from
     memory, each used by few tiles."""
     n, k, oh, ow = y_shape
-    tasks = n * groups
-    if not 0 < tasks < n_threads or w_shape[1] * kh * kw < oh * ow:
-        return 1
-    return n_threads // tasks
+    return _channel_parts(n * groups, n_threads, w_shape[1] * kh * kw >= oh * ow)
 
 
 def whole_rows(x_shape, y_shape, kw, sh, sw, pl, dw):
