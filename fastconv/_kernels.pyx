@@ -1028,23 +1028,26 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
 # Lavin & Gray (arXiv 1509.09308); the matrices come from fastconv/winograd.py.
 # Output tile (tr, tc) covers rows tr*m .. tr*m+m-1 and reads the alpha x alpha
 # input tile at the same corner of the padded input. A task is one image, group
-# and run of T consecutive tiles (raster order), in three parallel phases over
-# workspaces the threads share:
+# and run of whole tile rows (T = rows * tw tiles, tw tiles to a row), in three
+# parallel phases over workspaces the threads share:
 #   1. input transform    V[a*alpha+b, c, tile] = (B^T d B)[a, b]   (threads split c)
 #   2. alpha^2 GEMMs      M[ab] (Kg x T) = U[g, ab] (Kg x Cg) . V[ab] (Cg x T)   (split ab)
 #   3. output transform   Y tile = A^T M A + bias (then the epilogue), cut at the
 #                         output's edge   (split k)
 # Splitting channels and GEMMs rather than tiles keeps every thread busy on a
 # 7x7 map, which has 4 tiles of F(4x4).
-# The transforms work on TV tiles at once, the innermost loop running over
-# them, so that the compiler vectorises the small matrix products; a zero
-# coefficient of B^T or A^T is skipped.
+#
+# Both transforms are separable, B^T d B = (B^T d) B, and each pass is written
+# as sums of scaled rows that run over all the run's tiles at once, which the
+# compiler vectorises: the input transform first gathers the alpha^2 values of
+# every tile into rows D[r, s] (D[r, s][tile] = d[r, s] of that tile; the tile
+# rows of one input row are a stride-m slice of it), then sums rows of D into
+# rows of B^T d, and those into rows of V. The output transform sums rows of M
+# (M's rows are tiles already) and interleaves the result, m phases of each
+# output row, into y. A zero coefficient is skipped.
 
 cdef enum:
-    TV = 16         # tiles transformed together, the vector lanes
     ALPHA_MAX = 8   # alpha of F(6x6, 3x3)
-
-WINOGRAD_LANES = TV
 
 
 cdef void _padded_rows(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c,
@@ -1067,61 +1070,72 @@ cdef void _padded_rows(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t 
                 buf[r * width + s] = 0
 
 
+cdef void _scaled_sum(const floating* coefs, Py_ssize_t n_terms, const floating* rows,
+                      Py_ssize_t pitch, floating* dst, Py_ssize_t length) noexcept nogil:
+    """dst[l] = sum over q of coefs[q] * rows[q*pitch + l], l < length; zero terms skipped."""
+    cdef Py_ssize_t q, l
+    cdef bint first = True
+    cdef floating coef
+    cdef const floating* src
+    for q in range(n_terms):
+        coef = coefs[q]
+        if coef != 0:
+            src = rows + q * pitch
+            if first:
+                for l in range(length):
+                    dst[l] = coef * src[l]
+                first = False
+            else:
+                for l in range(length):
+                    dst[l] += coef * src[l]
+    if first:
+        for l in range(length):
+            dst[l] = 0
+
+
 cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
                           Py_ssize_t n_c, const floating[:, ::1] bt, floating* v,
-                          Py_ssize_t plane, Py_ssize_t ld, Py_ssize_t tile0, Py_ssize_t nt,
-                          Py_ssize_t tiles_w, Py_ssize_t m, Py_ssize_t pt,
+                          Py_ssize_t plane, Py_ssize_t ld, Py_ssize_t tr0, Py_ssize_t n_tr,
+                          Py_ssize_t tw, Py_ssize_t m, Py_ssize_t pt,
                           Py_ssize_t pl) noexcept nogil:
-    """v[(a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c.
-
-    A channel's input rows under the run's tiles are first copied, with the padding
-    as zeros, into a scratch block whose row 0 is the first tile row's top and whose
-    column 0 is the input's column -pl: the tiles are then gathered without bounds
-    checks."""
-    cdef floating d[ALPHA_MAX][ALPHA_MAX][TV]
-    cdef floating tmp[ALPHA_MAX][ALPHA_MAX][TV]
-    cdef Py_ssize_t off[TV]
-    cdef Py_ssize_t alpha = bt.shape[0], tr0 = tile0 // tiles_w
-    cdef Py_ssize_t rows = ((tile0 + nt - 1) // tiles_w - tr0) * m + alpha
-    cdef Py_ssize_t width = tiles_w * m + alpha - m
-    cdef Py_ssize_t c, g0, l0, l, r, s, a, b2, tile
-    cdef floating coef
-    cdef floating* buf = <floating*> malloc(rows * width * sizeof(floating))
+    """v[(a*alpha + b)*plane + c*ld + r*tw + q] = (B^T d B)[a, b] of tile (tr0 + r, q) of
+    channel c0 + c."""
+    cdef Py_ssize_t alpha = bt.shape[0], nt = n_tr * tw
+    cdef Py_ssize_t rows = n_tr * m + alpha - m, width = tw * m + alpha - m
+    cdef Py_ssize_t c, r, s, a, b2, tr, q
+    cdef floating* d
+    cdef const floating* src
+    cdef floating* buf = <floating*> malloc((rows * width + 2 * alpha * alpha * nt)
+                                            * sizeof(floating))
+    cdef floating* dd = buf + rows * width         # D[r, s] at (r*alpha + s)*nt
+    cdef floating* tmp = dd + alpha * alpha * nt   # (B^T d)[a, s] at (a*alpha + s)*nt
     for c in range(n_c):
         _padded_rows(x, n, c0 + c, tr0 * m - pt, -pl, rows, width, buf)
-        for g0 in range(_ceil_div(nt, TV)):
-            l0 = g0 * TV
-            # where each lane's tile starts in buf; a lane past the last tile reads the first
-            for l in range(TV):
-                tile = tile0 + l0 + l if l0 + l < nt else tile0
-                off[l] = (tile // tiles_w - tr0) * m * width + tile % tiles_w * m
+        for tr in range(n_tr):
             for r in range(alpha):
                 for s in range(alpha):
-                    for l in range(TV):
-                        d[r][s][l] = buf[off[l] + r * width + s]
-            # tmp = B^T d
-            for a in range(alpha):
-                for s in range(alpha):
-                    for l in range(TV):
-                        tmp[a][s][l] = 0
-                for r in range(alpha):
-                    coef = bt[a, r]
-                    if coef != 0:
-                        for s in range(alpha):
-                            for l in range(TV):
-                                tmp[a][s][l] += coef * d[r][s][l]
-            # V = tmp B, scattered to the GEMM layout
-            for a in range(alpha):
-                for b2 in range(alpha):
-                    for l in range(TV):
-                        d[a][b2][l] = 0
-                    for s in range(alpha):
-                        coef = bt[b2, s]
-                        if coef != 0:
-                            for l in range(TV):
-                                d[a][b2][l] += tmp[a][s][l] * coef
-                    for l in range(TV):     # all lanes: T is a multiple of TV
-                        v[(a * alpha + b2) * plane + c * ld + l0 + l] = d[a][b2][l]
+                    src = buf + (tr * m + r) * width + s
+                    d = dd + (r * alpha + s) * nt + tr * tw
+                    if m == 4:      # constant strides: gcc vectorises them with shuffles
+                        for q in range(tw):
+                            d[q] = src[q * 4]
+                    elif m == 2:
+                        for q in range(tw):
+                            d[q] = src[q * 2]
+                    elif m == 6:
+                        for q in range(tw):
+                            d[q] = src[q * 6]
+                    else:
+                        for q in range(tw):
+                            d[q] = src[q * m]
+        for a in range(alpha):
+            for s in range(alpha):
+                _scaled_sum(&bt[a, 0], alpha, dd + s * nt, alpha * nt,
+                            tmp + (a * alpha + s) * nt, nt)
+        for a in range(alpha):
+            for b2 in range(alpha):
+                _scaled_sum(&bt[b2, 0], alpha, tmp + a * alpha * nt, nt,
+                            v + (a * alpha + b2) * plane + c * ld, nt)
     free(buf)
 
 
@@ -1129,69 +1143,40 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
                            floating[:, :, :, ::1] y, const floating[::1] bias,
                            const floating[::1] scale, const floating[:, :, :, ::1] residual,
                            bint relu, Py_ssize_t n, Py_ssize_t k0, Py_ssize_t n_k,
-                           const floating[:, ::1] at, Py_ssize_t tile0, Py_ssize_t nt,
-                           Py_ssize_t tiles_w) noexcept nogil:
-    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, then the epilogue,
-    M[a, b] = mm[(a*alpha + b)*plane + k*ld + l]."""
-    cdef floating mv[ALPHA_MAX][ALPHA_MAX][TV]
-    cdef floating tmp[ALPHA_MAX][ALPHA_MAX][TV]
-    cdef Py_ssize_t oh0[TV]
-    cdef Py_ssize_t ow0[TV]
+                           const floating[:, ::1] at, Py_ssize_t tr0, Py_ssize_t n_tr,
+                           Py_ssize_t tw) noexcept nogil:
+    """y's tiles (tr0 + r, q) of channel k0 + k = A^T M A + bias, then the epilogue,
+    M[a, b] = mm[(a*alpha + b)*plane + k*ld + r*tw + q]."""
     cdef Py_ssize_t m = at.shape[0], alpha = at.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t k, g0, l0, l, a, b2, i, j, oh, ow, nl
-    cdef floating coef, start, s, c
-    cdef bint scaled = scale.shape[0] > 0, summed = residual.shape[0] > 0
-    for g0 in range(_ceil_div(nt, TV)):
-        l0 = g0 * TV
-        nl = min(TV, nt - l0)
-        for l in range(TV):
-            oh0[l] = (tile0 + l0 + l) // tiles_w * m
-            ow0[l] = (tile0 + l0 + l) % tiles_w * m
-        for k in range(n_k):
-            for a in range(alpha):      # all lanes (T is a multiple of TV); only nl are kept
-                for b2 in range(alpha):
-                    for l in range(TV):
-                        mv[a][b2][l] = mm[(a * alpha + b2) * plane + k * ld + l0 + l]
-            # tmp = A^T M
+    cdef Py_ssize_t nt = n_tr * tw, oh0 = tr0 * m
+    cdef Py_ssize_t k, b2, i, j, tr, oh, q
+    cdef floating start
+    cdef const floating* src
+    cdef floating* row
+    # t[(b*m + i)*nt + l] = (A^T M)[i, b], then o[(i*m + j)*nt + l] = (A^T M A)[i, j]
+    cdef floating* t = <floating*> malloc((alpha + m) * m * nt * sizeof(floating))
+    cdef floating* o = t + alpha * m * nt
+    for k in range(n_k):
+        for b2 in range(alpha):
             for i in range(m):
-                for b2 in range(alpha):
-                    for l in range(TV):
-                        tmp[i][b2][l] = 0
-                for a in range(alpha):
-                    coef = at[i, a]
-                    if coef != 0:
-                        for b2 in range(alpha):
-                            for l in range(TV):
-                                tmp[i][b2][l] += coef * mv[a][b2][l]
-            # Y = tmp A + bias (the bias after the scale, if any)
-            start = 0 if scaled else bias[k0 + k]
-            s = scale[k0 + k] if scaled else 1
-            c = bias[k0 + k] if scaled else 0
+                _scaled_sum(&at[i, 0], alpha, mm + b2 * plane + k * ld, alpha * plane,
+                            t + (b2 * m + i) * nt, nt)
+        for i in range(m):
+            for j in range(m):
+                _scaled_sum(&at[j, 0], alpha, t + i * nt, m * nt, o + (i * m + j) * nt, nt)
+        start = 0 if scale.shape[0] > 0 else bias[k0 + k]     # a scale comes before the bias
+        # output row tr*m + i gets column q*m + j from phase (i, j)
+        for tr in range(n_tr):
             for i in range(m):
-                for j in range(m):
-                    for l in range(TV):
-                        mv[i][j][l] = start
-                    for b2 in range(alpha):
-                        coef = at[j, b2]
-                        if coef != 0:
-                            for l in range(TV):
-                                mv[i][j][l] += tmp[i][b2][l] * coef
-                    if scaled:
-                        for l in range(TV):
-                            mv[i][j][l] = mv[i][j][l] * s + c
-            for l in range(nl):
-                for i in range(m):
-                    oh = oh0[l] + i
-                    if oh < OH:
-                        for j in range(m):
-                            ow = ow0[l] + j
-                            if ow < OW:     # stored with the rest of the epilogue, if any
-                                if summed or relu:
-                                    y[n, k0 + k, oh, ow] = _epilogue(
-                                        mv[i][j][l], 1, 0,
-                                        residual[n, k0 + k, oh, ow] if summed else 0, relu)
-                                else:
-                                    y[n, k0 + k, oh, ow] = mv[i][j][l]
+                oh = oh0 + tr * m + i
+                if oh < OH:
+                    row = &y[n, k0 + k, oh, 0]
+                    for j in range(m):
+                        src = o + (i * m + j) * nt + tr * tw
+                        for q in range(_ceil_div(OW - j, m)):
+                            row[q * m + j] = src[q] + start
+        _finish_rows(y, scale, bias, residual, relu, n, k0 + k, oh0, min(n_tr * m, OH - oh0))
+    free(t)
 
 
 def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
@@ -1210,28 +1195,30 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         Py_ssize_t groups, int n_threads):
     """Y = A^T [ U (.) (B^T d B) ] A + b, then the epilogue, on every tile (3x3, stride 1,
     dilation 1; pt and pl may be negative, which crops, as the data gradient needs).
+    T, the workspaces' width, is a whole number of tile rows.
 
-    Per image, group and run of T tiles, three parallel phases: the threads
+    Per image, group and run of tile rows, three parallel phases: the threads
     split the input channels of the input transform, then the alpha^2 GEMMs,
     then the output channels of the output transform.
     """
     cdef Py_ssize_t m = at.shape[0], alpha2 = u.shape[1], Kg = u.shape[2], Cg = u.shape[3]
     cdef Py_ssize_t T = v.shape[1]
-    cdef Py_ssize_t tiles_w = _ceil_div(y.shape[3], m)
-    cdef Py_ssize_t n_tiles = _ceil_div(y.shape[2], m) * tiles_w
-    cdef Py_ssize_t n, g, run, tile0, nt, t, ab, c0, c1, k0, k1
+    cdef Py_ssize_t tw = _ceil_div(y.shape[3], m), th = _ceil_div(y.shape[2], m)
+    cdef Py_ssize_t run_rows = T // tw
+    cdef Py_ssize_t n, g, run, tr0, n_tr, nt, t, ab, c0, c1, k0, k1
     with nogil:
         for n in range(x.shape[0]):
             for g in range(groups):
-                for run in range(_ceil_div(n_tiles, T)):
-                    tile0 = run * T
-                    nt = min(T, n_tiles - tile0)
+                for run in range(_ceil_div(th, run_rows)):
+                    tr0 = run * run_rows
+                    n_tr = min(run_rows, th - tr0)
+                    nt = n_tr * tw
                     for t in prange(n_threads, schedule="static", chunksize=1,
                                     num_threads=n_threads):
                         c0 = _share(Cg, t, n_threads)
                         c1 = _share(Cg, t + 1, n_threads)
                         _winograd_input(x, n, g * Cg + c0, c1 - c0, bt, &v[c0, 0], Cg * T, T,
-                                        tile0, nt, tiles_w, m, pt, pl)
+                                        tr0, n_tr, tw, m, pt, pl)
                     for ab in prange(alpha2, schedule="static", num_threads=n_threads):
                         _gemm(False, False, Kg, nt, Cg, 1, &u[g, ab, 0, 0], Cg,
                               &v[ab * Cg, 0], T, 0, &mm[ab * Kg, 0], T)
@@ -1240,7 +1227,7 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         k0 = _share(Kg, t, n_threads)
                         k1 = _share(Kg, t + 1, n_threads)
                         _winograd_output(&mm[k0, 0], Kg * T, T, y, b, scale, residual, relu, n,
-                                         g * Kg + k0, k1 - k0, at, tile0, nt, tiles_w)
+                                         g * Kg + k0, k1 - k0, at, tr0, n_tr, tw)
 
 
 # ---------------------------------------------------------------------------

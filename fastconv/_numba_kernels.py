@@ -1059,32 +1059,24 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
 # Lavin & Gray (arXiv 1509.09308); the matrices come from fastconv/winograd.py.
 # Output tile (tr, tc) covers rows tr*m .. tr*m+m-1 and reads the alpha x alpha
 # input tile at the same corner of the padded input. A task is one image, group
-# and run of T consecutive tiles (raster order), in three parallel phases over
-# workspaces the threads share:
+# and run of whole tile rows (T = rows * tw tiles, tw tiles to a row), in three
+# parallel phases over workspaces the threads share:
 #   1. input transform    V[a*alpha+b, c, tile] = (B^T d B)[a, b]   (threads split c)
 #   2. alpha^2 GEMMs      M[ab] (Kg x T) = U[g, ab] (Kg x Cg) . V[ab] (Cg x T)   (split ab)
 #   3. output transform   Y tile = A^T M A + bias (then the epilogue), cut at the
 #                         output's edge   (split k)
 # Splitting channels and GEMMs rather than tiles keeps every thread busy on a
 # 7x7 map, which has 4 tiles of F(4x4).
-# The transforms work on TV tiles at once, the innermost loop running over
-# them, so that the compiler vectorises the small matrix products; a zero
-# coefficient of B^T or A^T is skipped. (Their scratch arrays d, tmp come from
-# the caller: Numba has no stack arrays.) The lane loops run to the scratch
-# arrays' last extent rather than to the constant TV: with a constant trip
-# count LLVM unrolls them fully and, unable to tell the scratch arrays apart,
-# leaves scalar code (vmulss/vaddss); a count known only at run time gets the
-# loop vectoriser, which checks the overlap once and runs vmulps/vaddps. Its
-# vector loop takes 32 lanes a turn (four 8-wide vectors), so TV is 64 here
-# where gcc's Cython twin runs 16: with 16 lanes the vector loop never ran and
-# every lane went through the scalar remainder (VGG-16 conv1_2 in F(4x4):
-# 37.9 ms, against 16-22 ms with 64 lanes; 16 or 64 made no difference to gcc).
-# A run's last group, short of tiles, runs only the turns its tiles need.
-
-TV = 64         # tiles transformed together, the vector lanes
-TURN = 32       # lanes of one turn of the vector loop
-ALPHA_MAX = 8   # alpha of F(6x6, 3x3)
-WINOGRAD_LANES = TV
+#
+# Both transforms are separable, B^T d B = (B^T d) B, and each pass is written
+# as sums of scaled rows that run over all the run's tiles at once, which the
+# compiler vectorises: the input transform first gathers the alpha^2 values of
+# every tile into rows D[r, s] (D[r, s][tile] = d[r, s] of that tile; the tile
+# rows of one input row are a stride-m slice of it), then sums rows of D into
+# rows of B^T d, and those into rows of V. The output transform sums rows of M
+# (M's rows are tiles already) and interleaves the result, m phases of each
+# output row, into y. A zero coefficient is skipped. (The scratch arrays come
+# from the caller, one set per thread: Numba has no stack arrays.)
 
 
 @njit
@@ -1108,119 +1100,83 @@ def _padded_rows(x, n, c, ih0, iw0, rows, width, buf):
 
 
 @njit
-def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tile0, nt, tiles_w, m, pt, pl,
-                    d, tmp, off):
-    """v[v0 + (a*alpha + b)*plane + c*ld + l] = (B^T d B)[a, b] of tile tile0 + l, channel c0 + c.
+def _scaled_sum(coefs, n_terms, rows, rows0, pitch, dst, dst0, length):
+    """dst[dst0 + l] = sum over q of coefs[q] * rows[rows0 + q*pitch + l], l < length;
+    zero terms skipped."""
+    first = True
+    for q in range(n_terms):
+        coef = coefs[q]
+        if coef != 0:
+            src = rows0 + q * pitch
+            if first:
+                for l in range(length):
+                    dst[_u(dst0 + l)] = coef * rows[_u(src + l)]
+                first = False
+            else:
+                for l in range(length):
+                    dst[_u(dst0 + l)] += coef * rows[_u(src + l)]
+    if first:
+        for l in range(length):
+            dst[dst0 + l] = 0
 
-    A channel's input rows under the run's tiles are first copied, with the padding
-    as zeros, into a scratch block whose row 0 is the first tile row's top and whose
-    column 0 is the input's column -pl: the tiles are then gathered without bounds
-    checks."""
-    alpha = bt.shape[0]
-    tr0 = tile0 // tiles_w
-    rows = ((tile0 + nt - 1) // tiles_w - tr0) * m + alpha
-    width = tiles_w * m + alpha - m
+
+@njit
+def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tr0, n_tr, tw, m, pt, pl):
+    """v[v0 + (a*alpha + b)*plane + c*ld + r*tw + q] = (B^T d B)[a, b] of tile (tr0 + r, q)
+    of channel c0 + c."""
+    alpha, nt = bt.shape[0], n_tr * tw
+    rows, width = n_tr * m + alpha - m, tw * m + alpha - m
     buf = np.empty(rows * width, x.dtype)
+    dd = np.empty(alpha * alpha * nt, x.dtype)     # D[r, s] at (r*alpha + s)*nt
+    tmp = np.empty(alpha * alpha * nt, x.dtype)    # (B^T d)[a, s] at (a*alpha + s)*nt
     for c in range(n_c):
         _padded_rows(x, n, c0 + c, tr0 * m - pt, -pl, rows, width, buf)
-        for g0 in range(_ceil_div(nt, TV)):
-            l0 = g0 * TV
-            lanes = min(d.shape[2], _ceil_div(nt - l0, TURN) * TURN)    # see the note above TV
-            # where each lane's tile starts in buf; a lane past the last tile reads the first
-            for l in range(lanes):
-                tile = tile0 + l0 + l if l0 + l < nt else tile0
-                off[l] = (tile // tiles_w - tr0) * m * width + tile % tiles_w * m
+        for tr in range(n_tr):
             for r in range(alpha):
                 for s in range(alpha):
-                    for l in range(lanes):
-                        d[r, s, l] = buf[_u(off[l] + r * width + s)]
-            # tmp = B^T d
-            for a in range(alpha):
-                for s in range(alpha):
-                    for l in range(lanes):
-                        tmp[a, s, l] = 0
-                for r in range(alpha):
-                    coef = bt[a, r]
-                    if coef != 0:
-                        for s in range(alpha):
-                            for l in range(lanes):
-                                tmp[a, s, l] += coef * d[r, s, l]
-            # V = tmp B, scattered to the GEMM layout
-            for a in range(alpha):
-                for b2 in range(alpha):
-                    for l in range(lanes):
-                        d[a, b2, l] = 0
-                    for s in range(alpha):
-                        coef = bt[b2, s]
-                        if coef != 0:
-                            for l in range(lanes):
-                                d[a, b2, l] += tmp[a, s, l] * coef
-                    for l in range(lanes):      # T is a multiple of TV
-                        v[_u(v0 + (a * alpha + b2) * plane + c * ld + l0 + l)] = d[a, b2, l]
+                    src = (tr * m + r) * width + s
+                    d = (r * alpha + s) * nt + tr * tw
+                    for q in range(tw):
+                        dd[_u(d + q)] = buf[_u(src + q * m)]
+        for a in range(alpha):
+            for s in range(alpha):
+                _scaled_sum(bt[a], alpha, dd, s * nt, alpha * nt, tmp, (a * alpha + s) * nt, nt)
+        for a in range(alpha):
+            for b2 in range(alpha):
+                _scaled_sum(bt[b2], alpha, tmp, a * alpha * nt, nt, v,
+                            v0 + (a * alpha + b2) * plane + c * ld, nt)
 
 
 @njit
 def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, n_k, at,
-                     tile0, nt, tiles_w, mv, tmp, oh0, ow0):
-    """y tile (tile0 + l) of channel k0 + k = A^T M A + bias, then the epilogue,
-    M[a, b] = mm[mm0 + (a*alpha + b)*plane + k*ld + l]."""
+                     tr0, n_tr, tw):
+    """y's tiles (tr0 + r, q) of channel k0 + k = A^T M A + bias, then the epilogue,
+    M[a, b] = mm[mm0 + (a*alpha + b)*plane + k*ld + r*tw + q]."""
     m, alpha, OH, OW = at.shape[0], at.shape[1], y.shape[2], y.shape[3]
-    scaled, summed = scale.shape[0] > 0, residual.shape[0] > 0
-    zero, one = y.dtype.type(0), y.dtype.type(1)
-    for g0 in range(_ceil_div(nt, TV)):
-        l0 = g0 * TV
-        nl = min(TV, nt - l0)
-        lanes = min(mv.shape[2], _ceil_div(nl, TURN) * TURN)    # see the note above TV
-        for l in range(lanes):
-            oh0[l] = (tile0 + l0 + l) // tiles_w * m
-            ow0[l] = (tile0 + l0 + l) % tiles_w * m
-        for k in range(n_k):
-            for a in range(alpha):      # T is a multiple of TV; only nl lanes are kept
-                for b2 in range(alpha):
-                    for l in range(lanes):
-                        mv[a, b2, l] = mm[_u(mm0 + (a * alpha + b2) * plane + k * ld + l0 + l)]
-            # tmp = A^T M
+    nt, oh0 = n_tr * tw, tr0 * m
+    # t[(b*m + i)*nt + l] = (A^T M)[i, b], then o[(i*m + j)*nt + l] = (A^T M A)[i, j]
+    t = np.empty(alpha * m * nt, y.dtype)
+    o = np.empty(m * m * nt, y.dtype)
+    for k in range(n_k):
+        for b2 in range(alpha):
             for i in range(m):
-                for b2 in range(alpha):
-                    for l in range(lanes):
-                        tmp[i, b2, l] = 0
-                for a in range(alpha):
-                    coef = at[i, a]
-                    if coef != 0:
-                        for b2 in range(alpha):
-                            for l in range(lanes):
-                                tmp[i, b2, l] += coef * mv[a, b2, l]
-            # Y = tmp A + bias (the bias after the scale, if any)
-            start = zero if scaled else bias[k0 + k]
-            s = scale[k0 + k] if scaled else one
-            c = bias[k0 + k] if scaled else zero
+                _scaled_sum(at[i], alpha, mm, mm0 + b2 * plane + k * ld, alpha * plane, t,
+                            (b2 * m + i) * nt, nt)
+        for i in range(m):
+            for j in range(m):
+                _scaled_sum(at[j], alpha, t, i * nt, m * nt, o, (i * m + j) * nt, nt)
+        start = y.dtype.type(0) if scale.shape[0] > 0 else bias[k0 + k]   # scale, then bias
+        out = y[n, k0 + k]
+        # output row tr*m + i gets column q*m + j from phase (i, j)
+        for tr in range(n_tr):
             for i in range(m):
-                for j in range(m):
-                    for l in range(lanes):
-                        mv[i, j, l] = start
-                    for b2 in range(alpha):
-                        coef = at[j, b2]
-                        if coef != 0:
-                            for l in range(lanes):
-                                mv[i, j, l] += tmp[i, b2, l] * coef
-                    if scaled:
-                        for l in range(lanes):
-                            mv[i, j, l] = mv[i, j, l] * s + c
-            out = y[n, k0 + k]
-            for l in range(nl):
-                for i in range(m):
-                    oh = oh0[l] + i
-                    if oh < OH:
-                        for j in range(m):
-                            ow = ow0[l] + j
-                            if ow < OW:     # stored with the rest of the epilogue, if any
-                                if summed or relu:
-                                    out[_u(oh), _u(ow)] = _epilogue(
-                                        mv[i, j, l], one, zero,
-                                        residual[n, k0 + k, oh, ow] if summed else zero, relu,
-                                        zero)
-                                else:
-                                    out[_u(oh), _u(ow)] = mv[i, j, l]
+                oh = oh0 + tr * m + i
+                if oh < OH:
+                    for j in range(m):
+                        src = (i * m + j) * nt + tr * tw
+                        for q in range(_ceil_div(OW - j, m)):
+                            out[_u(oh), _u(q * m + j)] = o[_u(src + q)] + start
+        _finish_rows(y, scale, bias, residual, relu, n, k0 + k, oh0, min(n_tr * m, OH - oh0))
 
 
 @pnjit
@@ -1238,42 +1194,36 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                         kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
     """Y = A^T [ U (.) (B^T d B) ] A + b, then the epilogue, on every tile (3x3, stride 1,
     dilation 1; pt and pl may be negative, which crops, as the data gradient needs).
+    T, the workspaces' width, is a whole number of tile rows.
 
-    Per image, group and run of T tiles, three parallel phases: the threads
+    Per image, group and run of tile rows, three parallel phases: the threads
     split the input channels of the input transform, then the alpha^2 GEMMs,
     then the output channels of the output transform.
     """
     m, alpha2, Kg, Cg = at.shape[0], u.shape[1], u.shape[2], u.shape[3]
     T = v.shape[1]
-    tiles_w = _ceil_div(y.shape[3], m)
-    n_tiles = _ceil_div(y.shape[2], m) * tiles_w
+    tw, th = _ceil_div(y.shape[3], m), _ceil_div(y.shape[2], m)
+    run_rows = T // tw
     uf, vf, mmf = u.reshape(-1), v.reshape(-1), mm.reshape(-1)
     for n in range(x.shape[0]):
         for g in range(groups):
-            for run in range(_ceil_div(n_tiles, T)):
-                tile0 = run * T
-                nt = min(T, n_tiles - tile0)
+            for run in range(_ceil_div(th, run_rows)):
+                tr0 = run * run_rows
+                n_tr = min(run_rows, th - tr0)
+                nt = n_tr * tw
                 for t in prange(n_threads):
                     c0 = _share(Cg, t, n_threads)
                     c1 = _share(Cg, t + 1, n_threads)
-                    d = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
-                    tmp = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
-                    off = np.empty(TV, np.int64)
                     _winograd_input(x, n, g * Cg + c0, c1 - c0, bt, vf, c0 * T, Cg * T, T,
-                                    tile0, nt, tiles_w, m, pt, pl, d, tmp, off)
+                                    tr0, n_tr, tw, m, pt, pl)
                 for ab in prange(alpha2):
                     _gemm(False, False, Kg, nt, Cg, 1, uf, (g * alpha2 + ab) * Kg * Cg, Cg,
                           vf, ab * Cg * T, T, 0, mmf, ab * Kg * T, T)
                 for t in prange(n_threads):
                     k0 = _share(Kg, t, n_threads)
                     k1 = _share(Kg, t + 1, n_threads)
-                    mv = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
-                    tmp = np.empty((ALPHA_MAX, ALPHA_MAX, TV), x.dtype)
-                    oh0 = np.empty(TV, np.int64)
-                    ow0 = np.empty(TV, np.int64)
                     _winograd_output(mmf, k0 * T, Kg * T, T, y, b, scale, residual, relu, n,
-                                     g * Kg + k0, k1 - k0, at, tile0, nt, tiles_w, mv, tmp,
-                                     oh0, ow0)
+                                     g * Kg + k0, k1 - k0, at, tr0, n_tr, tw)
 
 
 # ---------------------------------------------------------------------------

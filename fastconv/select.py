@@ -95,35 +95,41 @@ DIRECT_BACKENDS = ("cython", "numba")
 
 
 # Winograd pays when its transforms are amortised over enough channels and
-# its GEMMs get enough tiles. Measured with fastconv bench (2 cores) on the
-# 3x3 layers of DESIGN.md: F(4x4) beat im2col from 32 input channels on maps of
-# at least 28x28 and F(6x6) from 112x112 (VGG-16 conv1_2), in Cython and, since
-# its transforms run 64 lanes (see _numba_kernels.py), in Numba too. Neither
-# won on 14x14 or 7x7 maps. The NumPy reference never picks it: it is the
-# readable oracle.
-WINOGRAD_RULE = (32, 28 * 28, 112 * 112)  # min input channels per group, min pixels, F(6x6)
+# its GEMMs get enough tiles. Measured on 2 cores (same process, against
+# PyTorch and each other) over 3x3 layers of 64-512 channels on 7x7 to 224x224
+# maps: F(4x4) beat im2col from 32 input channels on maps of at least 28x28,
+# in Cython and Numba, and F(6x6) nowhere beat F(4x4) (VGG-16 conv1_2:
+# 20.0 against 13.1 ms in Cython, 23.7 against 14.9 in Numba); F(2x2) lost to
+# F(4x4) from 28x28 up and to im2col below. On 14x14 and 7x7 maps none won.
+# At inference the direct kernel is the other contender: it tied or beat
+# F(4x4) on the layers of about 1e8 multiply-adds (64 channels at 56x56,
+# 128 at 28x28: 1.64 against 1.64 ms in Cython, 1.71 against 2.19 in Numba),
+# and lost by 1.4-1.9x on those of 1.8e9 (VGG-16 conv1_2 to conv4_2).
+# The NumPy reference never picks Winograd: it is the readable oracle.
+WINOGRAD_RULE = (32, 28 * 28)  # min input channels per group, min pixels
+WINOGRAD_INFERENCE_MACS = 400_000_000   # below, direct at inference
 WINOGRAD_BACKENDS = ("cython", "numba")
 
 
 def auto_algorithm(geometry, available, backend_name, inference=False):
     """The algorithm ``"auto"`` runs: direct for tiny and (compiled) depthwise
-    convolutions, Winograd for 3x3 stride-1 layers with enough channels and pixels
-    (by the backend's rule), direct for the rest but 1x1 at inference (compiled),
-    else im2col + BLAS."""
+    convolutions, Winograd F(4x4) for 3x3 stride-1 layers with enough channels and
+    pixels (compiled; at inference, also enough multiply-adds), direct for the rest
+    but 1x1 at inference (compiled), else im2col + BLAS."""
     g = geometry
     if "direct" in available and g.macs <= DIRECT_MAX_MACS:
         return "direct"
     if "direct" in available and backend_name in DIRECT_BACKENDS and g.groups > 1 and \
             g.c_in == g.groups:
         return "direct"
-    pixels = g.oh * g.ow
-    channels, least, f6 = WINOGRAD_RULE
+    direct_inference = inference and "direct" in available and \
+        backend_name in DIRECT_BACKENDS and (g.kh, g.kw) != (1, 1)
+    channels, least = WINOGRAD_RULE
     if backend_name in WINOGRAD_BACKENDS and winograd_applicable(g) and \
-            g.c_in // g.groups >= channels and pixels >= least:
-        tile = "winograd6" if pixels >= f6 else "winograd4"
-        if tile in available:
-            return tile
-    if inference and "direct" in available and backend_name in DIRECT_BACKENDS and \
-            (g.kh, g.kw) != (1, 1):
+            g.c_in // g.groups >= channels and g.oh * g.ow >= least and \
+            "winograd4" in available and \
+            not (direct_inference and g.macs < WINOGRAD_INFERENCE_MACS):
+        return "winograd4"
+    if direct_inference:
         return "direct"
     return "im2col" if "im2col" in available else available[0]

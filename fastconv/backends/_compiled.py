@@ -128,9 +128,8 @@ def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
 
     def run(x, u, b, y, pt, pl, groups, n_threads, scale=None, residual=None, relu=False):
         _, bt, at = TRANSFORMS[m].matrices(x.dtype)
-        tiles = -(-y.shape[2] // m) * -(-y.shape[3] // m)
-        v, mm = winograd_workspace(alpha, u.shape[3], u.shape[2], tiles, x.dtype,
-                                   kernels.WINOGRAD_LANES)
+        v, mm = winograd_workspace(alpha, u.shape[3], u.shape[2], -(-y.shape[2] // m),
+                                   -(-y.shape[3] // m), x.dtype)
         with kernel_blas_single_threaded():
             kernels.conv2d_fwd_winograd(x, u, b, y, *_epilogue_args(y, scale, residual, relu),
                                         bt, at, v, mm, R, R, 1, 1, pt, pl, 1, 1, groups,

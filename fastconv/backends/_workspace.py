@@ -161,18 +161,17 @@ def per_image_gradients(w, dy, groups, n_threads):
         (tasks % n_threads == 0 or tasks >= 4 * n_threads)
 
 
-def winograd_workspace(alpha, c_per_group, k_per_group, n_tiles, dtype, lanes):
-    """Buffers of the Winograd kernels for runs of T tiles, shared by the threads:
-    V (alpha^2*Cg, T) and M (alpha^2*Kg, T).
+def winograd_workspace(alpha, c_per_group, k_per_group, tiles_h, tiles_w, dtype):
+    """Buffers of the Winograd kernels for runs of whole tile rows, T tiles, shared by
+    the threads: V (alpha^2*Cg, T) and M (alpha^2*Kg, T).
 
-    T is a multiple of ``lanes`` (the tiles a transform handles at once), at
-    most ``WINOGRAD_TILES`` and the tiles there are, and smaller when V and M
-    would pass the workspace limit. Every run reads all of the transformed
-    filters U: where they outgrow a core's cache (``CACHE_BLOCK``) they stream
-    from memory, and long runs share that out; where they fit, a run is only as
-    long as keeps its V in cache too (VGG-16's conv1_2, 64 channels: 64-112
-    tiles ran 13-15% faster than 256; its conv3_2, 256 channels, ran fastest at
-    256).
+    T is a whole number of rows of ``tiles_w`` tiles: as many as keep it at most
+    ``WINOGRAD_TILES``, within the workspace limit, and no more than there are,
+    but at least one. Every run reads all of the transformed filters U: where
+    they outgrow a core's cache (``CACHE_BLOCK``) they stream from memory, and
+    long runs share that out; where they fit, a run is only as long as keeps its
+    V in cache too (VGG-16's conv1_2, 64 channels: 64-112 tiles ran 13-15% faster
+    than 256; its conv3_2, 256 channels, ran fastest at 256).
 
     The two live on a buffer that the calling thread keeps between calls. Fresh
     ones came from the system on every call: freed, their tens of megabytes were
@@ -184,8 +183,7 @@ def winograd_workspace(alpha, c_per_group, k_per_group, n_tiles, dtype, lanes):
     most = WINOGRAD_TILES
     if alpha * alpha * c_per_group * k_per_group * itemsize <= CACHE_BLOCK:
         most = min(most, CACHE_BLOCK // (alpha * alpha * c_per_group * itemsize))
-    t = min(most, _limit // tile_bytes, -(-n_tiles // lanes) * lanes)
-    t = max(1, t // lanes) * lanes
+    t = max(1, min(min(most, _limit // tile_bytes) // tiles_w, tiles_h)) * tiles_w
     v_size, m_size = alpha * alpha * c_per_group * t, alpha * alpha * k_per_group * t
     flat = _kept_buffer((v_size + m_size) * itemsize).view(dtype)
     return flat[:v_size].reshape(-1, t), flat[v_size:].reshape(-1, t)
