@@ -1046,9 +1046,6 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
 # (M's rows are tiles already) and interleaves the result, m phases of each
 # output row, into y. A zero coefficient is skipped.
 
-cdef enum:
-    ALPHA_MAX = 8   # alpha of F(6x6, 3x3)
-
 
 cdef void _padded_rows(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c,
                        Py_ssize_t ih0, Py_ssize_t iw0, Py_ssize_t rows, Py_ssize_t width,

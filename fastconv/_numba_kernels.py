@@ -1075,8 +1075,7 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
 # rows of one input row are a stride-m slice of it), then sums rows of D into
 # rows of B^T d, and those into rows of V. The output transform sums rows of M
 # (M's rows are tiles already) and interleaves the result, m phases of each
-# output row, into y. A zero coefficient is skipped. (The scratch arrays come
-# from the caller, one set per thread: Numba has no stack arrays.)
+# output row, into y. A zero coefficient is skipped.
 
 
 @njit
