@@ -1113,18 +1113,8 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize
                 for s in range(alpha):
                     src = buf + (tr * m + r) * width + s
                     d = dd + (r * alpha + s) * nt + tr * tw
-                    if m == 4:      # constant strides: gcc vectorises them with shuffles
-                        for q in range(tw):
-                            d[q] = src[q * 4]
-                    elif m == 2:
-                        for q in range(tw):
-                            d[q] = src[q * 2]
-                    elif m == 6:
-                        for q in range(tw):
-                            d[q] = src[q * 6]
-                    else:
-                        for q in range(tw):
-                            d[q] = src[q * m]
+                    for q in range(tw):
+                        d[q] = src[q * m]
         for a in range(alpha):
             for s in range(alpha):
                 _scaled_sum(&bt[a, 0], alpha, dd + s * nt, alpha * nt,
