@@ -116,7 +116,7 @@ def test_runs_of_single_tile_rows(monkeypatch, backend, algo):
     w = rng.standard_normal((7, 5, 3, 3))
     b = rng.standard_normal(7)
     # U (alpha^2 x 7 x 5 float64) just fits: room for V of 7 tiles, less than a row
-    monkeypatch.setattr(_workspace, "CACHE_BLOCK", (m + 2) ** 2 * 7 * 5 * 8)
+    monkeypatch.setattr(_workspace, "WINOGRAD_CACHE", (m + 2) ** 2 * 7 * 5 * 8)
     tiles_h, tiles_w = -(-h // m), -(-wd // m)
     assert winograd_workspace(m + 2, 5, 7, tiles_h, tiles_w, np.float64)[0].shape[1] == tiles_w
     args = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
