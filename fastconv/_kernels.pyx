@@ -1151,7 +1151,8 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
         for i in range(m):
             for j in range(m):
                 _scaled_sum(&at[j, 0], alpha, t + i * nt, m * nt, o + (i * m + j) * nt, nt)
-        start = 0 if scale.shape[0] > 0 else bias[k0 + k]     # a scale comes before the bias
+        # the bias comes after a scale, in _finish_rows
+        start = 0 if scale.shape[0] > 0 else bias[k0 + k]
         # output row tr*m + i gets column q*m + j from phase (i, j)
         for tr in range(n_tr):
             for i in range(m):

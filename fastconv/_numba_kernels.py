@@ -1164,7 +1164,8 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
         for i in range(m):
             for j in range(m):
                 _scaled_sum(at[j], alpha, t, i * nt, m * nt, o, (i * m + j) * nt, nt)
-        start = y.dtype.type(0) if scale.shape[0] > 0 else bias[k0 + k]   # scale, then bias
+        # the bias comes after a scale, in _finish_rows
+        start = y.dtype.type(0) if scale.shape[0] > 0 else bias[k0 + k]
         out = y[n, k0 + k]
         # output row tr*m + i gets column q*m + j from phase (i, j)
         for tr in range(n_tr):
