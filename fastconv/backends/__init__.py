@@ -20,6 +20,7 @@ _MODULES = {
     "numba": "fastconv.backends.numba",
     "cuda": "fastconv.backends.cuda",
 }
+_NAMES = {path: name for name, path in _MODULES.items()}
 # fastest first: with no default set, an operation runs on the first of
 # these that has its kernel (the GPU backend only when asked for)
 _PREFERENCE = ("cython", "numba", "numpy")
@@ -103,7 +104,7 @@ def get_backend(name=None, kernel=None):
 
 def backend_name(module):
     """The registry name of a backend module."""
-    return next(name for name, path in _MODULES.items() if path == module.__name__)
+    return _NAMES[module.__name__]
 
 
 def default_backend(kernel=None):
