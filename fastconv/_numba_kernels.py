@@ -1299,7 +1299,7 @@ def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
     """Windows lo .. hi-1 of an output row take their tap xrow[off + ow*stride], whose flat
     index is at + ow*stride, if it wins: selects rather than a branch, so that the loop
     vectorises. LLVM vectorises literal strides only, once inlined: 1 and 2 are passed
-    as such (gcc, for the Cython twin, does better with a variable 2)."""
+    as such (gcc does not: the Cython twin splits strided rows into phases)."""
     for ow in range(lo, hi):
         val = xrow[_u(off + ow * stride)]
         wins = (val > yrow[_u(ow)]) | (val != val)
