@@ -1236,10 +1236,16 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
 # In-process A/B against the strided loads, 2 threads, ms: 3x3 stride 2 on
 # 64x112x112 0.71 -> 0.48 (values), 1.05 -> 0.71 (with indices), 1.34 -> 1.10
 # (gradient from X); 2x2 stride 2 on 64x224x224 1.01 -> 0.71, 1.39 -> 0.97,
-# 2.62 -> 2.06. A literal stride 2 in the loads, as the Numba twin passes,
-# gained nothing here; LLVM, for its part, vectorises the literal 2 well, and
-# the phases made the Numba twin slower (0.38 -> 0.42-0.51 ms on the first),
-# so it keeps its strided loads.
+# 2.62 -> 2.06. Rows of fewer than PHASED_ROW outputs keep the strided loads:
+# the split is then most of the work (AlexNet's 3x3 stride-2 poolings of
+# 192x27x27 and 256x13x13 took 0.17 -> 0.36-0.39 and 0.08-0.12 -> 0.23-0.29 ms
+# with it). A literal stride 2 in the loads, as the Numba twin passes, gained
+# nothing here; LLVM, for its part, vectorises the literal 2 well, and the
+# phases made the Numba twin slower (0.38 -> 0.42-0.51 ms on the first), so it
+# keeps its strided loads.
+
+cdef enum:
+    PHASED_ROW = 32     # the fewest outputs of a row whose strided taps read phases
 
 cdef inline Py_ssize_t _first_tap(Py_ssize_t start, Py_ssize_t d, Py_ssize_t k) noexcept nogil:
     """First tap i of a window starting at ``start`` (step d) with start + i*d >= 0."""
@@ -1314,33 +1320,40 @@ def _avg_taps(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H, Py_ssize_t W, Py_ssize
 
 
 cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py_ssize_t lo,
-                         Py_ssize_t hi, int64_t at, Py_ssize_t step) noexcept nogil:
-    """Windows lo .. hi-1 of an output row take their tap tap[ow], whose flat index is
-    at + ow*step, if it wins: selects rather than a branch, so that the loop vectorises."""
+                         Py_ssize_t hi, Py_ssize_t stride, int64_t at,
+                         Py_ssize_t step) noexcept nogil:
+    """Windows lo .. hi-1 of an output row take their tap tap[ow*stride], whose flat index
+    is at + ow*step, if it wins: selects rather than a branch, so that the loop
+    vectorises (contiguously where the caller passes a literal stride 1)."""
     cdef Py_ssize_t ow
     cdef floating val
     cdef bint wins
     for ow in range(lo, hi):
-        val = tap[ow]
+        val = tap[ow * stride]
         wins = (val > yrow[ow]) | (val != val)
         yrow[ow] = val if wins else yrow[ow]
         irow[ow] = at + ow * step if wins else irow[ow]
 
 
 cdef inline void _max_value_tap(const floating* tap, floating* yrow, Py_ssize_t lo,
-                               Py_ssize_t hi) noexcept nogil:
+                               Py_ssize_t hi, Py_ssize_t stride) noexcept nogil:
     """_max_tap without the indices."""
     cdef Py_ssize_t ow
     cdef floating val
     for ow in range(lo, hi):
-        val = tap[ow]
+        val = tap[ow * stride]
         yrow[ow] = val if (val > yrow[ow]) | (val != val) else yrow[ow]
 
 
-cdef inline Py_ssize_t _phases_size(Py_ssize_t W, Py_ssize_t sw) noexcept nogil:
-    """Entries of a thread's scratch for the sw phases of an input row of W (none for
-    sw = 1, which reads the row itself)."""
-    return 0 if sw == 1 else sw * _ceil_div(W, sw)
+cdef inline bint _phased(Py_ssize_t OW, Py_ssize_t sw) noexcept nogil:
+    """Whether the strided taps of output rows of OW read the input row's phases."""
+    return sw > 1 and OW >= PHASED_ROW
+
+
+cdef inline Py_ssize_t _phases_size(Py_ssize_t W, Py_ssize_t OW, Py_ssize_t sw) noexcept nogil:
+    """Entries of a thread's scratch for the sw phases of an input row of W (one entry
+    where the taps read the row itself)."""
+    return sw * _ceil_div(W, sw) if _phased(OW, sw) else 1
 
 
 cdef inline void _deinterleave(const floating* row, Py_ssize_t W, Py_ssize_t sw,
@@ -1372,8 +1385,9 @@ cdef void _max_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c, P
     The row takes the taps one at a time, in row-major order, across all its
     windows at once, so every window sees its taps in the same order as a scan of
     it alone would, and the inner loop over contiguous outputs vectorises.
-    ``phases`` holds sw rows of ceil(W/sw) (unused for sw = 1); ``runs`` is _tap_runs."""
+    ``phases`` holds sw rows of ceil(W/sw) where _phased; ``runs`` is _tap_runs."""
     cdef Py_ssize_t W = x.shape[3], Q = _ceil_div(W, sw), ow, i, j, ih, off
+    cdef bint phased = _phased(first.shape[0], sw)
     cdef const floating* xrow
     ih = oh * sh - pt + rows[oh, 0] * dh
     for ow in range(first.shape[0]):
@@ -1382,14 +1396,17 @@ cdef void _max_row(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c, P
     for i in range(rows[oh, 0], rows[oh, 1]):
         ih = oh * sh - pt + i * dh
         xrow = &x[n, c, ih, 0]
-        if sw > 1:
+        if phased:
             _deinterleave(xrow, W, sw, phases, Q)
         for j in range(kw):
             off = j * dw - pl
-            if sw == 1:     # a literal step: the index arithmetic vectorises too
-                _max_tap(xrow + off, yrow, irow, cols[j, 0], cols[j, 1], ih * W + off, 1)
+            if sw == 1:     # literal strides and steps: contiguous, vectorised
+                _max_tap(xrow + off, yrow, irow, cols[j, 0], cols[j, 1], 1, ih * W + off, 1)
+            elif phased:
+                _max_tap(phases + runs[j], yrow, irow, cols[j, 0], cols[j, 1], 1, ih * W + off,
+                         sw)
             else:
-                _max_tap(phases + runs[j], yrow, irow, cols[j, 0], cols[j, 1], ih * W + off, sw)
+                _max_tap(xrow + off, yrow, irow, cols[j, 0], cols[j, 1], sw, ih * W + off, sw)
 
 
 def _max_taps(x, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
@@ -1422,7 +1439,7 @@ def maxpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
             c = plane % C
-            phases = <floating*> malloc(_phases_size(x.shape[3], sw) * sizeof(floating))
+            phases = <floating*> malloc(_phases_size(x.shape[3], OW, sw) * sizeof(floating))
             for oh in range(OH):
                 _max_row(x, n, c, oh, &y[n, c, oh, 0], &indices[n, c, oh, 0], rows, cols, first,
                          runs, phases, kw, sh, sw, pt, pl, dh, dw)
@@ -1456,7 +1473,7 @@ def maxpool2d_bwd_input(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
             c = plane % C
             best = <floating*> malloc(OW * sizeof(floating))
             at = <int64_t*> malloc(OW * sizeof(int64_t))
-            phases = <floating*> malloc(_phases_size(x.shape[3], sw) * sizeof(floating))
+            phases = <floating*> malloc(_phases_size(x.shape[3], OW, sw) * sizeof(floating))
             _zero_plane(dx, n, c)
             dxp = &dx[n, c, 0, 0]       # an index is a flat offset into the plane
             for oh in range(OH):
@@ -1484,6 +1501,7 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
     cdef Py_ssize_t[::1] runs = _tap_runs(kw, sw, pl, dw, x.shape[3])
     cdef Py_ssize_t W = x.shape[3], Q = _ceil_div(W, sw), plane, n, c, oh, ow, i, j
+    cdef bint phased = _phased(OW, sw)
     cdef const floating* xrow
     cdef floating* yrow
     cdef floating* phases
@@ -1491,7 +1509,7 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
             c = plane % C
-            phases = <floating*> malloc(_phases_size(W, sw) * sizeof(floating))
+            phases = <floating*> malloc(_phases_size(W, OW, sw) * sizeof(floating))
             for oh in range(OH):
                 yrow = &y[n, c, oh, 0]
                 for ow in range(OW):
@@ -1500,11 +1518,14 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                     xrow = &x[n, c, oh * sh - pt + i * dh, 0]
                     if sw == 1:
                         for j in range(kw):
-                            _max_value_tap(xrow + runs[j], yrow, cols[j, 0], cols[j, 1])
-                    else:
+                            _max_value_tap(xrow + runs[j], yrow, cols[j, 0], cols[j, 1], 1)
+                    elif phased:
                         _deinterleave(xrow, W, sw, phases, Q)
                         for j in range(kw):
-                            _max_value_tap(phases + runs[j], yrow, cols[j, 0], cols[j, 1])
+                            _max_value_tap(phases + runs[j], yrow, cols[j, 0], cols[j, 1], 1)
+                    else:
+                        for j in range(kw):
+                            _max_value_tap(xrow + j * dw - pl, yrow, cols[j, 0], cols[j, 1], sw)
             free(phases)
 
 

@@ -118,7 +118,7 @@ def _pair(v):
 
 
 @pytest.mark.parametrize("backend", MAX_BACKENDS)
-@pytest.mark.parametrize("width", [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65])
+@pytest.mark.parametrize("width", [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 64, 65, 100, 127])
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=1, padding=1),
                                 dict(kernel_size=3, stride=2, padding=1),
                                 dict(kernel_size=2, stride=2, ceil_mode=True),
@@ -127,9 +127,10 @@ def _pair(v):
                          ids=["3s1p1", "3s2p1", "2s2ceil", "2x3s1x2d2x1", "3s3p1d2"])
 def test_max_pool_at_every_width(backend, width, kw):
     """Both max-pooling kernels, with indices and without, sweep output rows tap by
-    tap with vectorised selects (the Cython kernels over the row's stride phases, odd
-    widths leaving a short last phase); NaN, -inf, ties and the padding must come out
-    as in a scan of each window alone, at widths around the vector lengths."""
+    tap with vectorised selects (the Cython kernels, from 32 outputs a row, over the
+    row's stride phases, odd widths leaving a short last phase); NaN, -inf, ties and
+    the padding must come out as in a scan of each window alone, at widths around the
+    vector lengths."""
     rng = np.random.default_rng(width)
     x = rng.integers(-2, 3, (2, 3, 5, width)).astype(np.float32)
     x[rng.random(x.shape) < 0.05] = np.nan
