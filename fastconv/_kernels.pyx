@@ -1279,17 +1279,17 @@ def _tap_cols(Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pl, Py_ssi
 
 
 def _tap_runs(Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t dw, Py_ssize_t W):
-    """Where the run of tap j (window ow reads entry ow of it) starts: at column
-    off = j*dw - pl of the row for sw = 1, else at entry (off - p)/sw of phase
-    p = off mod sw, phases ceil(W/sw) apart (computed once per call: the integer
-    divisions cost more than a short row of work)."""
+    """Where the run of tap j (window ow reads entry ow of it) starts in a row's
+    phases, ceil(W/sw) apart: at entry (off - p)/sw of phase p = off mod sw, with
+    off = j*dw - pl (for sw = 1, the row itself and column off). Computed once per
+    call: the integer divisions cost more than a short row of work."""
     runs = np.empty(kw, np.intp)
     Q = _ceil_div(W, sw)
     for j in range(kw):
         off = j * dw - pl
         p = off % sw
         p = p + sw if p < 0 else p      # in [0, sw), however C's division rounds
-        runs[j] = off if sw == 1 else p * Q + (off - p) // sw
+        runs[j] = p * Q + (off - p) // sw
     return runs
 
 
