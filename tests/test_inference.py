@@ -110,7 +110,7 @@ def test_batchnorm_inference_matches_torch():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("x_shape,out_features,bias", [
     ((1, 37), 53, True), ((1, 300), 1000, False), ((5, 37), 3, True), ((2, 3, 8), 17, True),
-    ((0, 4), 3, True), ((2, 0), 3, True), ((1, 5), 1, False)])
+    ((0, 4), 3, True), ((2, 0), 3, True), ((1, 0), 3, True), ((1, 5), 1, False)])
 def test_linear_matches_the_float64_product(backend, dtype, x_shape, out_features, bias):
     rng = np.random.default_rng(4)
     x = rng.standard_normal(x_shape).astype(dtype)
