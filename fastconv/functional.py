@@ -84,10 +84,12 @@ def _bias_or_zeros(bias, geometry, x):
 
 def conv2d_algorithm(x, weight, stride=1, padding=0, dilation=1, groups=1, *,
                      algorithm="auto", backend=None, inference=False):
-    """The algorithm :func:`conv2d` would run for these arguments (``"auto"`` resolved),
-    so that a layer's backward pass can follow the path its forward pass took. With
-    ``inference``, no backward pass follows, and ``"auto"`` picks the fastest forward
-    whatever its gradients cost (the direct kernels' weight gradient is slow).
+    """The algorithm a convolution's forward pass runs for these arguments (``"auto"``
+    resolved), so that a layer's backward pass can follow the path its forward pass
+    took. With ``inference``, no backward pass follows, and ``"auto"`` picks the
+    fastest forward whatever its gradients cost (the direct kernels' weight gradient
+    is slow): what :func:`conv2d` itself runs, since its gradients are a separate call,
+    :func:`conv2d_backward`, that resolves its own ``"auto"``.
 
     >>> conv2d_algorithm(np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3)), backend="numpy")
     'direct'
@@ -138,6 +140,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     groups : int
         Input and output channels split into ``groups`` independent convolutions.
     algorithm : {"auto", "im2col", "direct", "winograd", "winograd2", "winograd4", "winograd6"}
+        ``"auto"`` runs the fastest forward for the shape
+        (``conv2d_algorithm(..., inference=True)``).
     backend : str, optional
 
     Returns
@@ -156,7 +160,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     """
     x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
                                                  groups, "conv2d")
-    module, algo = _conv_setup(g, algorithm, backend, "conv2d", x, weight, bias)
+    module, algo = _conv_setup(g, algorithm, backend, "conv2d", x, weight, bias, inference=True)
     return _conv_forward(module, algo, x, weight, bias, g)
 
 
@@ -234,7 +238,8 @@ def convolve2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """
     x, weight, bias, g = _shapes.conv2d_geometry(x, weight, bias, stride, padding, dilation,
                                                  groups, "convolve2d")
-    module, algo = _conv_setup(g, algorithm, backend, "convolve2d", x, weight, bias)
+    module, algo = _conv_setup(g, algorithm, backend, "convolve2d", x, weight, bias,
+                               inference=True)
     return _conv_forward(module, algo, x, weight[:, :, ::-1, ::-1], bias, g)
 
 
