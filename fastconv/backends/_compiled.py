@@ -77,7 +77,7 @@ def direct_convolutions(kernels):
 
     def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads,
                           scale=None, residual=None, relu=False):
-        k_parts = direct_channel_parts(w.shape, y.shape, kh, kw, groups, n_threads)
+        k_parts = direct_channel_parts(w.shape, y.shape, kh, kw, sh, sw, groups, n_threads)
         work, block = direct_workspace(w.shape, y.shape, kh, kw, sh, sw, dh, dw, groups,
                                        n_threads, x.dtype, *kernels.DIRECT_SUMS, k_parts)
         kernels.conv2d_fwd_direct(x, w, b, y, *_epilogue_args(y, scale, residual, relu), work,
