@@ -364,11 +364,14 @@ def conv_transpose2d_backward(grad_out, x, weight, stride=1, padding=0, output_p
         x, weight, None, stride, padding, output_padding, groups, dilation, op)
     grad_out = _shapes.grad_array(grad_out, "grad_out", op, g.x_shape, x)
     module, algo = _conv_setup(g, "auto", backend, op, grad_out, x, weight)
+    # dL/dX is conv2d's forward, and runs what conv2d's auto runs: the fastest forward
+    forward = _select.choose_algorithm(g, "auto", _select.implemented(module),
+                                       _backends.backend_name(module), op, inference=True)
     grad_out, x, weight = _contiguous(grad_out, x, weight)
     n_threads = _backends.get_num_threads()
     grad_x = _alloc(g.y_shape, x.dtype, grad_out)
     grad_w = _alloc(g.weight_shape, x.dtype, grad_out)
-    _kernel(module, f"conv2d_fwd_{algo}", op)(
+    _kernel(module, f"conv2d_fwd_{forward}", op)(
         grad_out, weight, _bias_or_zeros(None, g, grad_out), grad_x, *g.kernel_args(), n_threads)
     _kernel(module, f"conv2d_bwd_weight_{algo}", op)(
         x, grad_out, grad_w, *g.kernel_args(), n_threads)
