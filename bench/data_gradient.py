@@ -4,7 +4,7 @@ DESIGN.md.
     python bench/data_gradient.py [--pause SECONDS] [--rounds N]
 
 Times each compiled backend's data-gradient kernels (``conv2d_bwd_data_<algorithm>``
-for im2col and the three Winograd tiles) and PyTorch's ``convolution_backward`` asked
+for im2col, direct and the three Winograd tiles) and PyTorch's ``convolution_backward`` asked
 for grad_input only, in one process at the same thread count, best of interleaved
 rounds (``fastconv.bench.best_times``; ``--pause 0`` times them back to back, warm).
 Prints each ratio ``torch time / fastconv time`` and, per backend, the geometric mean
@@ -20,7 +20,7 @@ from fastconv import backends, select
 from fastconv.bench import CONV_LAYERS, best_times
 from fastconv.shapes import conv2d_geometry
 
-ALGORITHMS = ("im2col", "winograd2", "winograd4", "winograd6")
+ALGORITHMS = ("im2col", "direct", "winograd2", "winograd4", "winograd6")
 
 
 def geometric_mean(values):
@@ -55,7 +55,8 @@ def main(pause, rounds):
         times = best_times(fns, rounds, pause=pause)
         row = f"{layer.name:<22} torch {times[0] * 1e3:7.2f} ms"
         for i, name in enumerate(names):
-            ratios = dict(zip(ALGORITHMS, (times[0] / t for t in times[1 + 4 * i:5 + 4 * i])))
+            per = len(ALGORITHMS)
+            ratios = dict(zip(ALGORITHMS, (times[0] / t for t in times[1 + per * i:1 + per * (i + 1)])))
             chosen = select.auto_algorithm(geometry, select.implemented(backends.get_backend(name)),
                                            name)
             auto[name].append(ratios[chosen])
