@@ -1074,6 +1074,47 @@ cdef void _padded_rows(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t 
                 buf[r * width + s] = 0
 
 
+# A tile row's values sit every m-th column of the input and output rows. With m a
+# runtime value gcc loads and stores them one at a time (vinsertps, vextractps:
+# perf annotate); with a literal one it moves whole vectors and shuffles them, so
+# the tiles of F(2x2) and F(4x4) get their own loops.
+cdef inline void _gather_every(const floating* src, Py_ssize_t m, floating* dst,
+                               Py_ssize_t count) noexcept nogil:
+    """dst[q] = src[q*m] for q < count."""
+    cdef Py_ssize_t q
+    if m == 4:
+        for q in range(count):
+            dst[q] = src[4 * q]
+    elif m == 2:
+        for q in range(count):
+            dst[q] = src[2 * q]
+    else:
+        for q in range(count):
+            dst[q] = src[q * m]
+
+
+cdef inline void _interleave(const floating* phases, Py_ssize_t pitch, Py_ssize_t m,
+                             floating* row, Py_ssize_t width, floating start) noexcept nogil:
+    """row[q*m + j] = phases[j*pitch + q] + start for j < m and q*m + j < width."""
+    cdef Py_ssize_t q, j, whole = width // m
+    if m == 4:
+        for q in range(whole):
+            row[4 * q] = phases[q] + start
+            row[4 * q + 1] = phases[pitch + q] + start
+            row[4 * q + 2] = phases[2 * pitch + q] + start
+            row[4 * q + 3] = phases[3 * pitch + q] + start
+    elif m == 2:
+        for q in range(whole):
+            row[2 * q] = phases[q] + start
+            row[2 * q + 1] = phases[pitch + q] + start
+    else:
+        for q in range(whole):
+            for j in range(m):
+                row[q * m + j] = phases[j * pitch + q] + start
+    for j in range(width - whole * m):      # the row's last tile, cut at its edge
+        row[whole * m + j] = phases[j * pitch + whole] + start
+
+
 cdef void _scaled_sum(const floating* coefs, Py_ssize_t n_terms, const floating* rows,
                       Py_ssize_t pitch, floating* dst, Py_ssize_t length) noexcept nogil:
     """dst[l] = sum over q of coefs[q] * rows[q*pitch + l], l < length; zero terms skipped."""
@@ -1106,9 +1147,7 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize
     channel c0 + c."""
     cdef Py_ssize_t alpha = bt.shape[0], nt = n_tr * tw
     cdef Py_ssize_t rows = n_tr * m + alpha - m, width = tw * m + alpha - m
-    cdef Py_ssize_t c, r, s, a, b2, tr, q
-    cdef floating* d
-    cdef const floating* src
+    cdef Py_ssize_t c, r, s, a, b2, tr
     cdef floating* buf = <floating*> malloc((rows * width + 2 * alpha * alpha * nt)
                                             * sizeof(floating))
     cdef floating* dd = buf + rows * width         # D[r, s] at (r*alpha + s)*nt
@@ -1118,10 +1157,8 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize
         for tr in range(n_tr):
             for r in range(alpha):
                 for s in range(alpha):
-                    src = buf + (tr * m + r) * width + s
-                    d = dd + (r * alpha + s) * nt + tr * tw
-                    for q in range(tw):
-                        d[q] = src[q * m]
+                    _gather_every(buf + (tr * m + r) * width + s, m,
+                                  dd + (r * alpha + s) * nt + tr * tw, tw)
         for a in range(alpha):
             for s in range(alpha):
                 _scaled_sum(&bt[a, 0], alpha, dd + s * nt, alpha * nt,
@@ -1143,10 +1180,8 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
     M[a, b] = mm[(a*alpha + b)*plane + k*ld + r*tw + q]."""
     cdef Py_ssize_t m = at.shape[0], alpha = at.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t nt = n_tr * tw, oh0 = tr0 * m
-    cdef Py_ssize_t k, b2, i, j, tr, oh, q
+    cdef Py_ssize_t k, b2, i, j, tr, oh
     cdef floating start
-    cdef const floating* src
-    cdef floating* row
     # t[(b*m + i)*nt + l] = (A^T M)[i, b], then o[(i*m + j)*nt + l] = (A^T M A)[i, j]
     cdef floating* t = <floating*> malloc((alpha + m) * m * nt * sizeof(floating))
     cdef floating* o = t + alpha * m * nt
@@ -1165,11 +1200,7 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
             for i in range(m):
                 oh = oh0 + tr * m + i
                 if oh < OH:
-                    row = &y[n, k0 + k, oh, 0]
-                    for j in range(m):
-                        src = o + (i * m + j) * nt + tr * tw
-                        for q in range(_ceil_div(OW - j, m)):
-                            row[q * m + j] = src[q] + start
+                    _interleave(o + i * m * nt + tr * tw, nt, m, &y[n, k0 + k, oh, 0], OW, start)
         _finish_rows(y, scale, bias, residual, relu, n, k0 + k, oh0, min(n_tr * m, OH - oh0))
     free(t)
 

@@ -1096,6 +1096,45 @@ def _scaled_sum(coefs, n_terms, rows, rows0, pitch, dst, dst0, length):
             dst[dst0 + l] = 0
 
 
+# A tile row's values sit every m-th column of the input and output rows: literal
+# steps for F(2x2) and F(4x4), as in the Cython twin, where a runtime one moved
+# one value at a time.
+@njit
+def _gather_every(src, s0, m, dst, d0, count):
+    """dst[d0 + q] = src[s0 + q*m] for q < count."""
+    if m == 4:
+        for q in range(count):
+            dst[_u(d0 + q)] = src[_u(s0 + 4 * q)]
+    elif m == 2:
+        for q in range(count):
+            dst[_u(d0 + q)] = src[_u(s0 + 2 * q)]
+    else:
+        for q in range(count):
+            dst[_u(d0 + q)] = src[_u(s0 + q * m)]
+
+
+@njit
+def _interleave(phases, p0, pitch, m, row, width, start):
+    """row[q*m + j] = phases[p0 + j*pitch + q] + start for j < m and q*m + j < width."""
+    whole = width // m
+    if m == 4:
+        for q in range(whole):
+            row[_u(4 * q)] = phases[_u(p0 + q)] + start
+            row[_u(4 * q + 1)] = phases[_u(p0 + pitch + q)] + start
+            row[_u(4 * q + 2)] = phases[_u(p0 + 2 * pitch + q)] + start
+            row[_u(4 * q + 3)] = phases[_u(p0 + 3 * pitch + q)] + start
+    elif m == 2:
+        for q in range(whole):
+            row[_u(2 * q)] = phases[_u(p0 + q)] + start
+            row[_u(2 * q + 1)] = phases[_u(p0 + pitch + q)] + start
+    else:
+        for q in range(whole):
+            for j in range(m):
+                row[_u(q * m + j)] = phases[_u(p0 + j * pitch + q)] + start
+    for j in range(width - whole * m):      # the row's last tile, cut at its edge
+        row[_u(whole * m + j)] = phases[_u(p0 + j * pitch + whole)] + start
+
+
 @njit
 def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tr0, n_tr, tw, m, pt, pl):
     """v[v0 + (a*alpha + b)*plane + c*ld + r*tw + q] = (B^T d B)[a, b] of tile (tr0 + r, q)
@@ -1110,10 +1149,8 @@ def _winograd_input(x, n, c0, n_c, bt, v, v0, plane, ld, tr0, n_tr, tw, m, pt, p
         for tr in range(n_tr):
             for r in range(alpha):
                 for s in range(alpha):
-                    src = (tr * m + r) * width + s
-                    d = (r * alpha + s) * nt + tr * tw
-                    for q in range(tw):
-                        dd[_u(d + q)] = buf[_u(src + q * m)]
+                    _gather_every(buf, (tr * m + r) * width + s, m, dd,
+                                  (r * alpha + s) * nt + tr * tw, tw)
         for a in range(alpha):
             for s in range(alpha):
                 _scaled_sum(bt[a], alpha, dd, s * nt, alpha * nt, tmp, (a * alpha + s) * nt, nt)
@@ -1149,10 +1186,7 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
             for i in range(m):
                 oh = oh0 + tr * m + i
                 if oh < OH:
-                    for j in range(m):
-                        src = (i * m + j) * nt + tr * tw
-                        for q in range(_ceil_div(OW - j, m)):
-                            out[_u(oh), _u(q * m + j)] = o[_u(src + q)] + start
+                    _interleave(o, i * m * nt + tr * tw, nt, m, out[oh], OW, start)
         _finish_rows(y, scale, bias, residual, relu, n, k0 + k, oh0, min(n_tr * m, OH - oh0))
 
 
