@@ -6,14 +6,18 @@ import os
 # (300,000 by default) before they sleep. On a machine with as many threads as
 # cores, that spinning steals the cores another pool (BLAS's, PyTorch's) needs
 # next: on 2 cores an im2col (0.2 ms) followed by a GEMM on BLAS's threads
-# (0.9 ms) took 3.9 ms. A short spin brought it to 1.3 ms, and a call after
-# 0.1 s of idling (a 0.86 ms convolution) took 2.1-2.5 ms with 10,000 against
-# 3.4-3.8 with 100,000. Numba's `omp` threading layer shares this libgomp, and
-# its model forwards after idling want the long spin (README, Threads). libgomp
-# reads the variable once, when it is loaded, so it is set just for that
-# moment; a value the user chose wins.
+# (0.9 ms) took 3.9 ms. Too short a spin costs as much the other way: Numba's
+# `omp` threading layer runs on this same libgomp, and with 10,000 its kernels
+# found their threads asleep (AlexNet batch-1 inference 15 -> 20-31 ms), while
+# 30,000 was not enough either. 100,000 kept Numba's 15 ms; a multi-threaded
+# BLAS product right after a Cython kernel then took 3.9-4.8 ms against
+# 3.1-3.3 with 10,000, and a PyTorch convolution after one 2.4-2.6 against
+# 3.6-3.9; AlexNet in Cython 14.4-15.5 ms against 16.2. A lone call after an
+# idle spell loses on this VM (3.4-3.8 against 2.1-2.5 ms for a 0.86 ms
+# convolution): README, Threads. libgomp reads the variable once, when it is
+# loaded, so it is set just for that moment; a value the user chose wins.
 _saved = os.environ.get("GOMP_SPINCOUNT")
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 try:
     from .. import _kernels
 finally:
