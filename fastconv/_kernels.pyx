@@ -798,9 +798,9 @@ cdef void _direct_planes(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_
             + i * dh // sh * Qw + j * dw // sw
 
 
-cdef noinline_void _tile(const floating* planes, const Py_ssize_t* offsets, Py_ssize_t n_terms,
-                const floating* w, Py_ssize_t n_k, const floating* bias, floating* sums,
-                Py_ssize_t ld) noexcept nogil:
+cdef noinline_void _tile(const floating* planes, const Py_ssize_t* offsets,
+                         Py_ssize_t n_terms, const floating* w, Py_ssize_t n_k,
+                         const floating* bias, floating* sums, Py_ssize_t ld) noexcept nogil:
     """sums[k*ld + p] = bias[k] + sum over terms q of w[k*n_terms + q] * planes[offsets[q] + p]
     (bias NULL: 0) for the tile's TILE_K channels k and TILE_P outputs p. Channels past
     n_k repeat channel n_k - 1, so that the loops keep their constant bounds and are

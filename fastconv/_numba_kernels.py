@@ -1097,8 +1097,8 @@ def _scaled_sum(coefs, n_terms, rows, rows0, pitch, dst, dst0, length):
 
 
 # A tile row's values sit every m-th column of the input and output rows: literal
-# steps for F(2x2) and F(4x4), as in the Cython twin, where a runtime one moved
-# one value at a time.
+# steps for F(2x2) and F(4x4), as in the Cython twin, where gcc moved a runtime
+# step's values one at a time (LLVM vectorised either, and ran the same).
 @njit
 def _gather_every(src, s0, m, dst, d0, count):
     """dst[d0 + q] = src[s0 + q*m] for q < count."""
