@@ -148,6 +148,33 @@ def test_max_pool_at_every_width(backend, width, kw):
     assert np.array_equal(fc.max_pool2d(x, **kw, backend=backend), y, equal_nan=True)
 
 
+@pytest.mark.parametrize("backend", sorted(set(MAX_BACKENDS) & set(AVG_BACKENDS)))
+@pytest.mark.parametrize("kernel", [(1, 1), (2, 2), (3, 3), (1, 4), (4, 3), (5, 5)])
+@pytest.mark.parametrize("hw", [(1, 1), (1, 9), (7, 7), (8, 13), (17, 6), (35, 35)])
+def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
+    """Stride-1 max (values only) and average pooling pad each plane once and reduce
+    it in flat passes, padded columns computed and dropped: every padding up to half
+    the window, NaN and -inf for max, both divisors and an override for average."""
+    rng = np.random.default_rng(sum(kernel) * 100 + sum(hw))
+    x = rng.integers(-2, 3, (2, 3, *hw)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.1] = -np.inf
+    xa = rng.standard_normal((2, 3, *hw))
+    for padding in {(0, 0), (kernel[0] // 2, 0), (0, kernel[1] // 2), (kernel[0] // 2, kernel[1] // 2)}:
+        if hw[0] + 2 * padding[0] < kernel[0] or hw[1] + 2 * padding[1] < kernel[1]:
+            continue
+        y_ref, _ = oracle.max_pool2d(x, kernel, (1, 1), padding, (1, 1), False)
+        y = fc.max_pool2d(x, kernel, stride=1, padding=padding, backend=backend)
+        assert np.array_equal(y, y_ref, equal_nan=True), padding
+        for include, override in [(True, None), (False, None), (True, 5)]:
+            y_ref = oracle.avg_pool2d(xa, kernel, (1, 1), padding, False, include, override)
+            for dtype in (np.float32, np.float64):
+                y = fc.avg_pool2d(xa.astype(dtype), kernel, stride=1, padding=padding,
+                                  count_include_pad=include, divisor_override=override,
+                                  backend=backend)
+                assert rel_err(y, y_ref) <= TOLERANCE[dtype, "pool"], (padding, include)
+
+
 @pytest.mark.parametrize("backend", MAX_BACKENDS)
 def test_max_pool_overlapping_windows_accumulate(backend):
     x = np.zeros((1, 1, 3, 3))
