@@ -741,7 +741,11 @@ def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
 # ((i*dh) % sh, (j*dw) % sw) shifted by ((i*dh) // sh) rows and ((j*dw) // sw)
 # columns, so that over the block's "wide" output, p = r*Qw + ow, each tap is
 # one contiguous run: rows of Qw, whose Qw - OW last columns are computed and
-# dropped. The sum over terms (c, i, j) is then a matrix product whose rows
+# dropped. With a column stride of 1 a row's right padding serves as the next
+# row's left padding (a tap that runs past its row reads the next row's first
+# columns, zeros), so a row has W + max(left, right) columns, not the window's
+# full reach (_workspace.direct_row_width): on 13x13 maps a 3x3 layer's block of
+# 193 wide outputs became 181, 6 tiles of 32 where 7 were. The sum over terms (c, i, j) is then a matrix product whose rows
 # are these runs, and a tile of it, TILE_K output channels by TILE_P wide
 # outputs, keeps its accumulators in registers from the first term to the
 # last: per term it loads TILE_P inputs and TILE_K weights for TILE_K*TILE_P
@@ -858,6 +862,7 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                       bint relu,
                       floating[:, ::1] work,              # workspace (threads, planes + sums)
                       Py_ssize_t block,                   # output rows per task
+                      Py_ssize_t Qw,                      # columns of a planes' row
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                       Py_ssize_t groups, Py_ssize_t k_parts, int n_threads):
@@ -867,9 +872,9 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t K = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t Qw = OW + (kw - 1) * dw // sw, reach = (kh - 1) * dh // sh
+    cdef Py_ssize_t reach = (kh - 1) * dh // sh
     cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_kt = _ceil_div(Kg, TILE_K)
-    cdef Py_ssize_t n_tasks = N * groups * n_blk * k_parts
+    cdef Py_ssize_t n_tasks = N * groups * n_blk * k_parts, gap = max(SLACK, Qw)
     cdef Py_ssize_t t, turn, task, part, n, g, oh0, rows, n_rows, L, ld, size, kt, k0, n_k, k
     cdef Py_ssize_t p, r, ow
     cdef bint scaled = scale.shape[0] > 0
@@ -888,10 +893,10 @@ def conv2d_fwd_direct(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                 ld = _ceil_div(L, TILE_P) * TILE_P      # the tiles cover L
                 size = Cg * sh * sw * n_rows * Qw
                 planes = &work[t, 0]
-                sums = planes + size + SLACK            # TILE_K rows of ld follow the planes
+                sums = planes + size + gap              # TILE_K rows of ld follow the planes
                 _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh,
                                dw, planes, offsets)
-                for p in range(SLACK):                  # the last tile reads past the last run
+                for p in range(gap):                    # the last tile reads past the last run
                     planes[size + p] = 0
                 for kt in range(_share(n_kt, part, k_parts), _share(n_kt, part + 1, k_parts)):
                     k0 = g * Kg + kt * TILE_K
@@ -978,6 +983,7 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
                              floating[:, ::1] work,            # workspace (threads, planes + dY)
                              floating[:, :, ::1] partial,      # (threads, K, C/g*kh*kw)
                              Py_ssize_t block,                 # output rows per task
+                             Py_ssize_t Qw,                    # columns of a planes' row
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                              Py_ssize_t groups, int n_threads):
@@ -987,9 +993,9 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
     cdef Py_ssize_t K = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t Cg = C // groups, Kg = K // groups, CKK = Cg * kh * kw
-    cdef Py_ssize_t Qw = OW + (kw - 1) * dw // sw, reach = (kh - 1) * dh // sh
+    cdef Py_ssize_t reach = (kh - 1) * dh // sh
     cdef Py_ssize_t n_blk = _ceil_div(OH, block), n_tasks = N * groups * n_blk
-    cdef Py_ssize_t t, turn, task, n, g, oh0, rows, n_rows, L, k, q, r, ow
+    cdef Py_ssize_t t, turn, task, n, g, oh0, rows, n_rows, L, size, k, q, r, ow
     cdef floating* planes
     cdef floating* wide
     cdef floating* dwf = &dw_[0, 0, 0, 0]
@@ -1007,7 +1013,10 @@ def conv2d_bwd_weight_direct(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
                 rows = min(block, OH - oh0)
                 n_rows, L = rows + reach, (rows - 1) * Qw + OW
                 planes = &work[t, 0]
-                wide = planes + Cg * sh * sw * n_rows * Qw
+                size = Cg * sh * sw * n_rows * Qw
+                for q in range(Qw):     # the last row's taps run past it, into zeros
+                    planes[size + q] = 0
+                wide = planes + size + Qw
                 _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh,
                                dw, planes, offsets)
                 for k in range(Kg):

@@ -717,7 +717,11 @@ def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
 # ((i*dh) % sh, (j*dw) % sw) shifted by ((i*dh) // sh) rows and ((j*dw) // sw)
 # columns, so that over the block's "wide" output, p = r*Qw + ow, each tap is
 # one contiguous run: rows of Qw, whose Qw - OW last columns are computed and
-# dropped. The sum over terms (c, i, j) is then a matrix product whose rows
+# dropped. With a column stride of 1 a row's right padding serves as the next
+# row's left padding (a tap that runs past its row reads the next row's first
+# columns, zeros), so a row has W + max(left, right) columns, not the window's
+# full reach (_workspace.direct_row_width): on 13x13 maps a 3x3 layer's block of
+# 193 wide outputs became 181, 6 tiles of 32 where 7 were. The sum over terms (c, i, j) is then a matrix product whose rows
 # are these runs, and a tile of it, TILE_K output channels by TILE_P wide
 # outputs, keeps its accumulators in registers from the first term to the
 # last: per term it loads TILE_P inputs and TILE_K weights for TILE_K*TILE_P
@@ -884,6 +888,7 @@ def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
                       relu,
                       work,   # workspace (threads, planes + sums)
                       block,  # output rows per task
+                      Qw,     # columns of a planes' row
                       kh, kw, sh, sw, pt, pl, dh, dw, groups, k_parts, n_threads):
     """y[n,k,oh,ow] = b[k] + sum_{c,i,j} w[k,c,i,j] x[n, g*Cg+c, oh*sh-pt+i*dh, ow*sw-pl+j*dw],
     then the epilogue; a task per image, group, block of output rows and part of the
@@ -893,7 +898,7 @@ def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
     K, OH, OW = y.shape[1], y.shape[2], y.shape[3]
     Cg, Kg = C // groups, K // groups
     CKK = Cg * kh * kw
-    Qw, reach = OW + (kw - 1) * dw // sw, (kh - 1) * dh // sh
+    reach = (kh - 1) * dh // sh
     n_blk, n_kt = _ceil_div(OH, block), _ceil_div(Kg, TILE_K)
     n_tasks = N * groups * n_blk * k_parts
     wf = w.reshape(-1)
@@ -907,7 +912,8 @@ def conv2d_fwd_direct(x,      # IN  (N, C, H, W)
             n_rows, L = rows + reach, (rows - 1) * Qw + OW
             ld = _ceil_div(L, TILE_P) * TILE_P      # the tiles cover L
             size = Cg * sh * sw * n_rows * Qw
-            planes, sums = ws[:size + SLACK], ws[size + SLACK:]     # TILE_K rows of ld follow
+            gap = max(SLACK, Qw)
+            planes, sums = ws[:size + gap], ws[size + gap:]     # TILE_K rows of ld follow
             _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh, dw,
                            planes, offsets)
             planes[size:] = 0                       # the last tile reads past the last run
@@ -988,6 +994,7 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
                              work,     # workspace (threads, planes of C/g channels + K/g*block*Qw)
                              partial,  # (threads, K, C/g*kh*kw)
                              block,    # output rows per task
+                             Qw,       # columns of a planes' row
                              kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
     """dw[k, (c, i, j)] = sum over images and blocks of dY_k's block in wide rows (0 past
     each row's end) . the run of term (c, i, j) in the block's planes (the forward's);
@@ -996,7 +1003,7 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
     K, OH, OW = dy.shape[1], dy.shape[2], dy.shape[3]
     Cg, Kg = C // groups, K // groups
     CKK = Cg * kh * kw
-    Qw, reach = OW + (kw - 1) * dw // sw, (kh - 1) * dh // sh
+    reach = (kh - 1) * dh // sh
     n_blk = _ceil_div(OH, block)
     n_tasks = N * groups * n_blk
     for t in prange(n_threads):
@@ -1007,7 +1014,9 @@ def conv2d_bwd_weight_direct(dy,       # IN  (N, K, OH, OW)
             n, g, oh0 = task // (groups * n_blk), task // n_blk % groups, task % n_blk * block
             rows = min(block, OH - oh0)
             n_rows, L = rows + reach, (rows - 1) * Qw + OW
-            planes, wide = ws[:Cg * sh * sw * n_rows * Qw], ws[Cg * sh * sw * n_rows * Qw:]
+            size = Cg * sh * sw * n_rows * Qw
+            ws[size:size + Qw] = 0      # the last row's taps run past it, into zeros
+            planes, wide = ws[:size + Qw], ws[size + Qw:]
             _direct_planes(x, n, g * Cg, Cg, oh0, n_rows, Qw, kh, kw, sh, sw, pt, pl, dh, dw,
                            planes, offsets)
             for k in range(Kg):

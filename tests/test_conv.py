@@ -168,13 +168,17 @@ def test_strided_lowering_in_stride_phases(monkeypatch, backend, rows_per_block,
     (1, (6, 9), (2, 5), (2, 3), (1, 2), (2, 1), 3),      # phases both ways, dilation
     (3, (1, 7), (5, 5), (1, 1), (0, 0), (1, 1), 1),      # LeNet's c1: odd output channels
     (1, (3, 4), (11, 11), (4, 4), (2, 2), (1, 1), 1),    # AlexNet's conv1
+    (1, (5, 6), (1, 7), (1, 1), (0, 3), (1, 1), 1),      # Inception's 1x7: shared padding
+    (2, (4, 4), (3, 3), (1, 1), (5, 5), (1, 1), 1),      # padding wider than the window
+    (1, (4, 6), (3, 5), (2, 1), (1, 2), (1, 2), 2),      # row phases, shared dilated padding
 ])
 def test_direct_forward_and_weight_gradient_in_wide_rows(monkeypatch, backend, rows_per_block,
                                                          batch, channels, kernel, stride,
                                                          padding, dilation, groups):
     """The direct forward sums runs of stride-phase planes over wide output rows, and the
-    weight gradient takes dot products of those runs with dY laid out in the same rows:
-    against the oracle, in blocks of one output row and in cache-sized blocks."""
+    weight gradient takes dot products of those runs with dY laid out in the same rows,
+    which share their padding columns at column stride 1: against the oracle, in blocks
+    of one output row and in cache-sized blocks."""
     from fastconv.backends import _workspace
 
     rng = np.random.default_rng(23)

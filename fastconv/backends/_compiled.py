@@ -11,9 +11,9 @@ import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS, rotated_weights
 from . import kernel_blas_single_threaded
-from ._workspace import (direct_channel_parts, direct_workspace, im2col_workspace,
-                         output_channel_parts, per_image_gradients, whole_rows,
-                         winograd_workspace)
+from ._workspace import (direct_channel_parts, direct_row_width, direct_workspace,
+                         im2col_workspace, output_channel_parts, per_image_gradients,
+                         whole_rows, winograd_workspace)
 
 
 def _epilogue_args(y, scale, residual, relu):
@@ -78,10 +78,11 @@ def direct_convolutions(kernels):
     def conv2d_fwd_direct(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads,
                           scale=None, residual=None, relu=False):
         k_parts = direct_channel_parts(w.shape, y.shape, kh, kw, sh, sw, groups, n_threads)
+        qw = direct_row_width(x.shape[3], y.shape[3], kw, sw, pl, dw)
         work, block = direct_workspace(w.shape, y.shape, kh, kw, sh, sw, dh, dw, groups,
-                                       n_threads, x.dtype, *kernels.DIRECT_SUMS, k_parts)
+                                       n_threads, x.dtype, qw, *kernels.DIRECT_SUMS, k_parts)
         kernels.conv2d_fwd_direct(x, w, b, y, *_epilogue_args(y, scale, residual, relu), work,
-                                  block, kh, kw, sh, sw, pt, pl, dh, dw, groups, k_parts,
+                                  block, qw, kh, kw, sh, sw, pt, pl, dh, dw, groups, k_parts,
                                   n_threads)
 
     def conv2d_bwd_data_direct(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
@@ -96,10 +97,11 @@ def direct_convolutions(kernels):
     def conv2d_bwd_weight_direct(dy, x, dw_, kh, kw, sh, sw, pt, pl, dh, dw, groups,
                                  n_threads):
         k = dw_.shape[0]
+        qw = direct_row_width(x.shape[3], dy.shape[3], kw, sw, pl, dw)
         work, block = direct_workspace(dw_.shape, dy.shape, kh, kw, sh, sw, dh, dw, groups,
-                                       n_threads, x.dtype, k // groups)
+                                       n_threads, x.dtype, qw, k // groups)
         partial = np.empty((n_threads, k, dw_[0].size), dw_.dtype)
-        kernels.conv2d_bwd_weight_direct(dy, x, dw_, work, partial, block, kh, kw, sh, sw,
+        kernels.conv2d_bwd_weight_direct(dy, x, dw_, work, partial, block, qw, kh, kw, sh, sw,
                                          pt, pl, dh, dw, groups, n_threads)
 
     return conv2d_fwd_direct, conv2d_bwd_data_direct, conv2d_bwd_weight_direct

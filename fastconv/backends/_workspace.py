@@ -110,27 +110,41 @@ def balanced_rows(oh, most, images, n_threads):
     return min((-(-oh // b) for b in range(fewest, fewest + 2 * n_threads + 1)), key=busiest)
 
 
+def direct_row_width(in_w, out_w, kw, sw, pl, dw):
+    """Qw, the columns of a row of the direct kernels' planes and wide outputs: the
+    outputs and the window's reach, ``out_w + (kw - 1)*dw // sw``. With a column
+    stride of 1, less the smaller padding: a row's right padding serves as the next
+    row's left one. Never fewer than the outputs."""
+    qw = out_w + (kw - 1) * dw // sw
+    if sw != 1:
+        return qw
+    right = qw - in_w - pl
+    return max(out_w, qw - max(0, min(pl, right)))
+
+
 def direct_workspace(w_shape, y_shape, kh, kw, sh, sw, dh, dw, groups, n_threads, dtype,
-                     wide_rows, slack=0, k_parts=1):
+                     qw, wide_rows, slack=0, k_parts=1):
     """The direct kernels' scratch, ``(work, block)``: a (threads, size) buffer and the
     output rows of a task. A task's stride-phase planes (C/g channels of block + reach
-    rows of Qw) stay within ``CACHE_BLOCK`` bytes, since every output channel reads
+    rows of ``qw``, :func:`direct_row_width`) stay within ``CACHE_BLOCK`` bytes, since every output channel reads
     them, and so do its ``wide_rows`` rows of block*Qw. The weight gradient
     (``slack`` 0) adds into these (K/g rows of dY), which then stay within
     ``DIRECT_ACC`` values, in L1; the forward writes them (its sums) once per tile,
-    and its tiles reach up to ``slack`` values past the planes and past each row. The
+    and its tiles reach up to ``slack`` values past the planes and past each row.
+    Past the planes lie at least ``qw`` zeros, where the last row's taps end. The
     blocks are balanced between the threads as im2col's are, over images, groups and
     ``k_parts`` parts of the output channels."""
     n, _, oh, ow = y_shape
     c_per_group, itemsize = w_shape[1], np.dtype(dtype).itemsize
-    qw, reach = ow + (kw - 1) * dw // sw, (kh - 1) * dh // sh
+    reach = (kh - 1) * dh // sh
     plane_row = c_per_group * sh * sw * qw * itemsize
     cached_rows = CACHE_BLOCK // plane_row - reach
     if not slack:
         cached_rows = min(cached_rows, DIRECT_ACC // (wide_rows * qw))
     most = max(1, min(cached_rows, _limit // n_threads // plane_row - reach))
     block = balanced_rows(oh, most, n * groups * k_parts, n_threads)
-    size = c_per_group * sh * sw * (block + reach) * qw + slack + wide_rows * (block * qw + slack)
+    size = c_per_group * sh * sw * (block + reach) * qw + max(slack, qw) + \
+        wide_rows * (block * qw + slack)
     return np.empty((n_threads, size), dtype), block
 
 
