@@ -38,7 +38,7 @@ def _conv_section(title, layers, names, args, n_threads, backward):
     best = {}
     for layer in layers:
         rows = bench.run_conv(layer, names, all_algorithms=not args.quick, rounds=args.rounds,
-                              n_threads=n_threads, backward=backward)
+                              n_threads=n_threads, backward=backward, pause=args.pause)
         for i, (backend, algo, seconds, gflops, ratio) in enumerate(rows):
             label = layer.name if i == 0 else ""
             print(f"{label:<24} {backend:<8} {algo:<10} {seconds * 1e3:9.3f} {gflops:8.1f} "
@@ -99,8 +99,8 @@ def cmd_bench(args):
     pool_layers = _selected(bench.POOL_LAYERS, args.layers)
     mode = "the auto algorithm" if args.quick else "every algorithm"
     print(f"fastconv {__version__} bench: {n_threads} threads, float32, {mode}; best of "
-          f"{args.rounds} interleaved rounds; ratio = torch time / fastconv time "
-          f"(> 1: fastconv faster)")
+          f"{args.rounds} interleaved rounds, {_spacing(args.pause)}; ratio = torch time / "
+          f"fastconv time (> 1: fastconv faster)")
     passes = ["forward", "backward"] if args.passes == "both" else [args.passes]
     results = {}
     for direction in passes if conv_layers else []:
@@ -116,24 +116,41 @@ def cmd_bench(args):
     for direction in passes if transpose_layers else []:
         _rate_section(f"transposed conv {direction}", "GFLOP/s", transpose_layers,
                       lambda layer: bench.run_transpose(layer, names, args.rounds, n_threads,
-                                                        direction == "backward"))
+                                                        direction == "backward", args.pause))
     for direction in passes if pool_layers else []:
         _rate_section("pooling" if direction == "forward" else "pooling backward", "GB/s",
                       pool_layers, lambda layer: bench.run_pool(layer, names, args.rounds,
                                                                 n_threads,
-                                                                direction == "backward"))
+                                                                direction == "backward",
+                                                                args.pause))
     for title, best in results.items():
         _summary(title, best, names)
     return 0
 
 
+def _seconds(text):
+    """A --pause value: seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, 0 or more, got {text!r}")
+    return value
+
+
+def _spacing(pause):
+    return f"runs {pause:g} s apart" if pause > 0 else "runs back to back"
+
+
 def _bench_model(args, names, n_threads):
     print(f"fastconv {__version__} bench: {args.model} inference (eval mode), batch "
           f"{args.batch}, {'x'.join(map(str, bench.model_input_shape(args.model)[1:]))} float32, {n_threads} threads; best of "
-          f"{args.rounds} interleaved rounds; ratio = torch time / fastconv time")
+          f"{args.rounds} interleaved rounds, {_spacing(args.pause)}; ratio = torch time / "
+          f"fastconv time")
     print(f"\n{'backend':<8} {'time ms':>10} {'vs torch':>8} {'max |error| / max |torch|':>27}")
     for backend, seconds, ratio, error in bench.run_model(args.model, names, args.rounds,
-                                                          n_threads, args.batch):
+                                                          n_threads, args.batch, args.pause):
         err = f"{error:27.1e}" if error is not None else f"{'-':>27}"
         print(f"{backend:<8} {seconds * 1e3:10.1f} {_fmt_ratio(ratio)} {err}", flush=True)
     return 0
@@ -226,6 +243,9 @@ def main(argv=None):
     p_bench.add_argument("--model", choices=BENCH_MODELS,
                          help="time end-to-end inference of a backbone instead of the layers")
     p_bench.add_argument("--batch", type=int, default=1, help="batch size for --model")
+    p_bench.add_argument("--pause", type=_seconds, default=0.1, metavar="SECONDS",
+                         help="rest before each timed run, so that the last run's thread "
+                              "pools sleep (default 0.1; 0: back to back, warm)")
     p_bench.set_defaults(func=cmd_bench)
     p_summary = sub.add_parser("summary", help="a backbone's layers, output shapes, "
                                                "parameters and multiply-adds")

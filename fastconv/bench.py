@@ -113,7 +113,8 @@ TRANSPOSE_LAYERS = [
 ]
 
 
-def run_transpose(layer, backend_names=None, rounds=5, n_threads=None, backward=False):
+def run_transpose(layer, backend_names=None, rounds=5, n_threads=None, backward=False,
+                  pause=0.1):
     """Time a transposed convolution's forward or backward (grad_x, grad_w and grad_b,
     which fastconv's backward returns and PyTorch is asked for as well): rows of
     (backend, seconds, GFLOP/s, ratio to torch)."""
@@ -141,7 +142,7 @@ def run_transpose(layer, backend_names=None, rounds=5, n_threads=None, backward=
         else:
             fns.append(lambda b=name: functional.conv_transpose2d(x, w, **layer.kwargs(),
                                                                   backend=b))
-    times = best_times(fns, rounds)
+    times = best_times(fns, rounds, pause=pause)
     torch_time = times[0] if torch is not None else None
     return [(label, t, work / t, torch_time / t if torch_time else None)
             for label, t in zip(labels, times)]
@@ -179,7 +180,9 @@ def best_times(fns, rounds=5, max_time=3.0, pause=0.1):
     PyTorch hands its output's pages back to the system when it frees them,
     and whichever run comes next takes a page fault on every page of its own
     output (1,000 faults, 0.7 ms, on a 3.2 MB output). A callable stops being
-    timed once it has used ``max_time`` seconds.
+    timed once it has used ``max_time`` seconds. ``pause=0`` times them back to
+    back, warm: where idle cores take milliseconds to wake (this project's 2-core
+    VM), a rested call of a millisecond measures the wake-up as much as the work.
     """
     best = [float("inf")] * len(fns)
     spent = [0.0] * len(fns)
@@ -234,7 +237,7 @@ def _torch_conv(torch, layer, x, w, backward):
 
 
 def run_conv(layer, backend_names=None, all_algorithms=True, rounds=5, n_threads=None,
-             backward=False):
+             backward=False, pause=0.1):
     """Time one layer's forward pass, or its backward pass (grad_x, grad_w and grad_b):
     rows of (backend, algorithm, seconds, GFLOP/s, ratio to torch)."""
     n_threads = n_threads or backends.get_num_threads()
@@ -255,7 +258,7 @@ def run_conv(layer, backend_names=None, all_algorithms=True, rounds=5, n_threads
         else:
             fns.append(lambda b=backend, a=algo: functional.conv2d(
                 x, w, **layer.kwargs(), algorithm=a, backend=b))
-    times = best_times(fns, rounds)
+    times = best_times(fns, rounds, pause=pause)
     torch_time = times[0] if torch is not None else None
     return [(b, a, t, work / t, torch_time / t if torch_time else None)
             for (b, a), t in zip(labels, times)]
@@ -290,7 +293,7 @@ def _torch_pool_backward_call(torch, layer, x, dy):
         dy, x, k, s, p, [1, 1], False, aten.max_pool2d_with_indices(x, k, s, p)[1])
 
 
-def run_pool(layer, backend_names=None, rounds=5, n_threads=None, backward=False):
+def run_pool(layer, backend_names=None, rounds=5, n_threads=None, backward=False, pause=0.1):
     """Time one pooling layer, forward or backward: rows of (backend, seconds, GB/s of
     the arrays read and written, ratio). Forward reads X and writes Y; backward
     reads dL/dY (and X, for max pooling's maxima) and writes dL/dX."""
@@ -313,7 +316,7 @@ def run_pool(layer, backend_names=None, rounds=5, n_threads=None, backward=False
             labels.append(name)
             fns.append(_pool_backward_call(layer, x, dy, name) if backward
                        else _pool_call(layer, functional, x, dict(backend=name)))
-    times = best_times(fns, rounds)
+    times = best_times(fns, rounds, pause=pause)
     torch_time = times[0] if torch is not None else None
     return [(label, t, traffic / t, torch_time / t if torch_time else None)
             for label, t in zip(labels, times)]
@@ -340,7 +343,7 @@ def _calibrate_batchnorm(model, x):
     model.eval()
 
 
-def run_model(name, backend_names=None, rounds=5, n_threads=None, batch=1):
+def run_model(name, backend_names=None, rounds=5, n_threads=None, batch=1, pause=0.1):
     """End-to-end eval-mode inference of ``fastconv.models.<name>`` on random images:
     rows of (backend, seconds, ratio to torch, relative error against torch).
 
@@ -380,7 +383,7 @@ def run_model(name, backend_names=None, rounds=5, n_threads=None, batch=1):
                 errors[backend] = float(np.abs(out - expected).max() / np.abs(expected).max())
             labels.append(backend)
             fns.append(lambda b=backend: (backends.set_backend(b), ours(x)))
-        times = best_times(fns, rounds, max_time=30.0)
+        times = best_times(fns, rounds, max_time=30.0, pause=pause)
     finally:
         backends.set_backend(previous)
     torch_time = times[0] if torch is not None else None

@@ -28,6 +28,20 @@ def test_bench_times_selected_layers(capsys):
     assert "vgg16" not in out
 
 
+def test_bench_pause_sets_the_rest_between_runs(capsys):
+    args = ["bench", "--quick", "--layers", "lenet5.c1", "--backend", "numpy", "--threads", "1",
+            "--pass", "forward"]
+    assert main(args) == 0
+    assert "runs 0.1 s apart" in capsys.readouterr().out
+    assert main(args + ["--pause", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "runs back to back" in out and re.search(r"^lenet5\.c1\s+\S+\s+\S+\s+[\d.]+", out, re.M)
+    for bad in ("-1", "nan", "soon"):
+        with pytest.raises(SystemExit):
+            main(args + ["--pause", bad])
+    assert "expected seconds, 0 or more" in capsys.readouterr().err
+
+
 def test_module_entry_point_rejects_unknown_command():
     result = subprocess.run([sys.executable, "-m", "fastconv", "nonsense"], capture_output=True,
                             text=True)
