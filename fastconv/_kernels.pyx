@@ -1413,6 +1413,9 @@ cdef inline void _max_value_tap(const floating* tap, floating* yrow, Py_ssize_t 
 # 832x7x7 0.53-0.56 -> 0.07 / 0.16-0.19 -> 0.06; average on 768x17x17
 # 0.40 -> 0.14-0.16 / 0.32-0.33 -> 0.13-0.16; on 64x112x112 max 0.70-0.80 ->
 # 0.46-0.51 / 0.40-0.52 -> 0.42-0.56, average 0.53-0.56 -> 0.48-0.56 / the same.
+# The average's gradient is such a window sum too (of dL/dY / divisor, padded by
+# k - 1 - p): 192x35x35 0.26 -> 0.15 / 0.21 -> 0.14, 768x17x17 0.52 -> 0.16 /
+# 0.32 -> 0.17, 64x112x112 0.58 -> 0.52 / 0.45 -> 0.49.
 
 cdef void _flat_taps(const floating* src, Py_ssize_t step, Py_ssize_t taps, floating* dst,
                      Py_ssize_t length, bint is_max) noexcept nogil:
@@ -1459,28 +1462,41 @@ cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
     _flat_taps(rows, Wp, kh, buf, (OH - 1) * Wp + OW, is_max)
 
 
-cdef void _stride1_pool(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+cdef void _stride1_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t pt, Py_ssize_t pl,
-                        const floating* row_div, const floating* col_div,
+                        const floating* row_div, const floating* col_div, bint backward,
                         int n_threads) noexcept nogil:
-    """Max pooling (values only; row_div NULL) or average pooling, window (oh, ow)
-    divided by row_div[oh]*col_div[ow], with stride 1 and dilation 1, a share of the
-    planes per thread."""
+    """Pooling with stride 1 and dilation 1, a share of the planes per thread: dst's
+    windows of src, the maximum (values only; row_div NULL) or the average, window
+    (oh, ow) divided by row_div[oh]*col_div[ow]. Backward, the average's gradient: src
+    (dL/dY) divided first, then each input pixel sums the windows that cover it, which
+    at stride 1 form a window of the same size, padded by kh - 1 - pt and kw - 1 - pl."""
     cdef bint is_max = row_div == NULL
-    cdef Py_ssize_t C = x.shape[1], OH = y.shape[2], OW = y.shape[3], Wp = OW + kw - 1
-    cdef Py_ssize_t planes = x.shape[0] * C, t, plane, n, c, oh, ow
+    cdef Py_ssize_t C = src.shape[1], IH = src.shape[2], IW = src.shape[3]
+    cdef Py_ssize_t OH = dst.shape[2], OW = dst.shape[3], Wp = OW + kw - 1
+    cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow
     cdef floating* buf
+    cdef floating* shares
     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
         buf = <floating*> malloc(2 * (OH + kh - 1) * Wp * sizeof(floating))
+        shares = <floating*> malloc((IH * IW if backward else 1) * sizeof(floating))
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
             n = plane // C
             c = plane % C
-            _stride1_windows(&x[n, c, 0, 0], x.shape[2], x.shape[3], OH, OW, kh, kw, pt, pl,
-                             -INFINITY if is_max else 0, is_max, buf)
+            if backward:
+                for oh in range(IH):
+                    for ow in range(IW):
+                        shares[oh * IW + ow] = src[n, c, oh, ow] / (row_div[oh] * col_div[ow])
+                _stride1_windows(shares, IH, IW, OH, OW, kh, kw, kh - 1 - pt, kw - 1 - pl, 0,
+                                 False, buf)
+            else:
+                _stride1_windows(&src[n, c, 0, 0], IH, IW, OH, OW, kh, kw, pt, pl,
+                                 -INFINITY if is_max else 0, is_max, buf)
             for oh in range(OH):
                 for ow in range(OW):
-                    y[n, c, oh, ow] = buf[oh * Wp + ow] if is_max else \
+                    dst[n, c, oh, ow] = buf[oh * Wp + ow] if is_max or backward else \
                         buf[oh * Wp + ow] / (row_div[oh] * col_div[ow])
+        free(shares)
         free(buf)
 
 
@@ -1646,7 +1662,7 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef floating* phases
     if sh == 1 and sw == 1 and dh == 1 and dw == 1:
         with nogil:
-            _stride1_pool(x, y, kh, kw, pt, pl, NULL, NULL, n_threads)
+            _stride1_pool(x, y, kh, kw, pt, pl, NULL, NULL, False, n_threads)
         return
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
@@ -1717,7 +1733,7 @@ def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
         np.float32 if floating is float else np.float64)
     if sh == 1 and sw == 1 and dh == 1 and dw == 1:
         with nogil:
-            _stride1_pool(x, y, kh, kw, pt, pl, &row_div[0], &col_div[0], n_threads)
+            _stride1_pool(x, y, kh, kw, pt, pl, &row_div[0], &col_div[0], False, n_threads)
         return
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
@@ -1766,6 +1782,10 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
     rows, cols, row_div, col_div = _avg_taps(
         OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
         np.float32 if floating is float else np.float64)
+    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+        with nogil:
+            _stride1_pool(dy, dx, kh, kw, pt, pl, &row_div[0], &col_div[0], True, n_threads)
+        return
     with nogil:
         for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C

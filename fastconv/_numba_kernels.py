@@ -1346,6 +1346,9 @@ def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
 # 832x7x7 0.53-0.56 -> 0.07 / 0.16-0.19 -> 0.06; average on 768x17x17
 # 0.40 -> 0.14-0.16 / 0.32-0.33 -> 0.13-0.16; on 64x112x112 max 0.70-0.80 ->
 # 0.46-0.51 / 0.40-0.52 -> 0.42-0.56, average 0.53-0.56 -> 0.48-0.56 / the same.
+# The average's gradient is such a window sum too (of dL/dY / divisor, padded by
+# k - 1 - p): 192x35x35 0.26 -> 0.15 / 0.21 -> 0.14, 768x17x17 0.52 -> 0.16 /
+# 0.32 -> 0.17, 64x112x112 0.58 -> 0.52 / 0.45 -> 0.49.
 
 @njit
 def _flat_taps(src, s0, step, taps, dst, d0, length, is_max):
@@ -1387,22 +1390,33 @@ def _stride1_windows(plane, OH, OW, kh, kw, pt, pl, fill, is_max, buf):
 
 
 @pnjit
-def _stride1_pool(x, y, kh, kw, pt, pl, row_div, col_div, n_threads):
-    """Max pooling (values only; row_div empty) or average pooling, window (oh, ow)
-    divided by row_div[oh]*col_div[ow], with stride 1 and dilation 1, a share of the
-    planes per thread."""
-    C, OH, OW = x.shape[1], y.shape[2], y.shape[3]
-    Wp, planes, is_max = OW + kw - 1, x.shape[0] * C, row_div.shape[0] == 0
+def _stride1_pool(src, dst, kh, kw, pt, pl, row_div, col_div, backward, n_threads):
+    """Pooling with stride 1 and dilation 1, a share of the planes per thread: dst's
+    windows of src, the maximum (values only; row_div empty) or the average, window
+    (oh, ow) divided by row_div[oh]*col_div[ow]. Backward, the average's gradient: src
+    (dL/dY) divided first, then each input pixel sums the windows that cover it, which
+    at stride 1 form a window of the same size, padded by kh - 1 - pt and kw - 1 - pl."""
+    C, IH, IW = src.shape[1], src.shape[2], src.shape[3]
+    OH, OW = dst.shape[2], dst.shape[3]
+    Wp, planes, is_max = OW + kw - 1, src.shape[0] * C, row_div.shape[0] == 0
     for t in prange(n_threads):
-        buf = np.empty(2 * (OH + kh - 1) * Wp, y.dtype)
+        buf = np.empty(2 * (OH + kh - 1) * Wp, dst.dtype)
+        shares = np.empty((IH, IW) if backward else (1, 1), dst.dtype)
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
             n = plane // C
             c = plane % C
-            _stride1_windows(x[n, c], OH, OW, kh, kw, pt, pl, -np.inf if is_max else 0,
-                             is_max, buf)
+            if backward:
+                for oh in range(IH):
+                    for ow in range(IW):
+                        shares[oh, ow] = src[n, c, oh, ow] / (row_div[oh] * col_div[ow])
+                _stride1_windows(shares, OH, OW, kh, kw, kh - 1 - pt, kw - 1 - pl, 0, False,
+                                 buf)
+            else:
+                _stride1_windows(src[n, c], OH, OW, kh, kw, pt, pl,
+                                 -np.inf if is_max else 0, is_max, buf)
             for oh in range(OH):
                 for ow in range(OW):
-                    y[n, c, oh, ow] = buf[oh * Wp + ow] if is_max else \
+                    dst[n, c, oh, ow] = buf[oh * Wp + ow] if is_max or backward else \
                         buf[oh * Wp + ow] / (row_div[oh] * col_div[ow])
 
 
@@ -1505,7 +1519,7 @@ def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
     rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
     cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
     if sh == 1 and sw == 1 and dh == 1 and dw == 1:
-        _stride1_pool(x, y, kh, kw, pt, pl, np.empty(0, y.dtype), np.empty(0, y.dtype),
+        _stride1_pool(x, y, kh, kw, pt, pl, np.empty(0, y.dtype), np.empty(0, y.dtype), False,
                       n_threads)
         return
     for plane in prange(x.shape[0] * C):
@@ -1558,7 +1572,7 @@ def avgpool2d_fwd(x,   # IN  (N, C, H, W)
     rows, cols, row_div, col_div = _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
                                              count_include_pad, divisor_override, y.dtype)
     if sh == 1 and sw == 1 and dh == 1 and dw == 1:
-        _stride1_pool(x, y, kh, kw, pt, pl, row_div, col_div, n_threads)
+        _stride1_pool(x, y, kh, kw, pt, pl, row_div, col_div, False, n_threads)
         return
     for plane in prange(x.shape[0] * C):
         n = plane // C
@@ -1592,6 +1606,9 @@ def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
     OH, OW = dy.shape[2], dy.shape[3]
     rows, cols, row_div, col_div = _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
                                              count_include_pad, divisor_override, dx.dtype)
+    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+        _stride1_pool(dy, dx, kh, kw, pt, pl, row_div, col_div, True, n_threads)
+        return
     for plane in prange(dx.shape[0] * C):
         n = plane // C
         c = plane % C

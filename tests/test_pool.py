@@ -153,8 +153,9 @@ def test_max_pool_at_every_width(backend, width, kw):
 @pytest.mark.parametrize("hw", [(1, 1), (1, 9), (7, 7), (8, 13), (17, 6), (35, 35)])
 def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
     """Stride-1 max (values only) and average pooling pad each plane once and reduce
-    it in flat passes, padded columns computed and dropped: every padding up to half
-    the window, NaN and -inf for max, both divisors and an override for average."""
+    it in flat passes, padded columns computed and dropped, and so does the average's
+    gradient (a window sum of dL/dY / divisor): every padding up to half the window,
+    NaN and -inf for max, both divisors and an override for average."""
     rng = np.random.default_rng(sum(kernel) * 100 + sum(hw))
     x = rng.integers(-2, 3, (2, 3, *hw)).astype(np.float32)
     x[rng.random(x.shape) < 0.05] = np.nan
@@ -173,6 +174,15 @@ def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
                                   count_include_pad=include, divisor_override=override,
                                   backend=backend)
                 assert rel_err(y, y_ref) <= TOLERANCE[dtype, "pool"], (padding, include)
+            if hw[0] * hw[1] > 200:
+                continue
+            args = dict(stride=1, padding=padding, count_include_pad=include,
+                        divisor_override=override)
+            dy = rng.standard_normal(y_ref[:1, :1].shape)
+            gx = fc.avg_pool2d_backward(dy, xa[:1, :1], kernel, **args, backend=backend)
+            numeric = numeric_gradient(
+                lambda z: fc.avg_pool2d(z, kernel, **args, backend="numpy"), xa[:1, :1], dy)
+            assert rel_err(gx, numeric) <= 1e-8, (padding, include, override)
 
 
 @pytest.mark.parametrize("backend", MAX_BACKENDS)
