@@ -400,29 +400,30 @@ def _epilogue(v, s, c, r, relu, zero):
 
 
 @njit
-def _finish_run(y, y0, count, r, r0, s, c, relu):
-    """The epilogue over y[y0:y0+count] of one output channel, residual r[r0:r0+count]
-    (or none: r empty)."""
-    zero = y.dtype.type(0)
-    if r.shape[0] == 0:
-        for p in range(count):
-            y[_u(y0 + p)] = _epilogue(y[_u(y0 + p)], s, c, zero, relu, zero)
-    else:
-        for p in range(count):
-            y[_u(y0 + p)] = _epilogue(y[_u(y0 + p)], s, c, r[_u(r0 + p)], relu, zero)
-
-
-@njit
 def _finish_rows(y, scale, b, residual, relu, n, k, oh0, rows):
     """The epilogue over output rows oh0 .. oh0+rows-1 of channel k of image n; nothing
-    to do without a scale, a residual or a ReLU."""
+    to do without a scale, a residual or a ReLU.
+
+    It indexes y and the residual in place where the Cython twin takes a run of
+    each (_finish_run): a view or reshape of an array is a new reference to its
+    memory, counted atomically, and two threads finishing channels of the same
+    output contend for that count. Reshaping once per channel cost a 1x1 layer
+    (128 -> 512 channels on 28x28, with scale, residual and ReLU) 0.72-0.75 ms
+    against 0.68-0.69 this way, at 2 threads, in one process (Cython: 0.60-0.61)."""
     scaled = scale.shape[0] > 0
     if scaled or residual.shape[0] > 0 or relu:
-        OHW, OW = y.shape[2] * y.shape[3], y.shape[3]
-        at = (n * y.shape[1] + k) * OHW + oh0 * OW
-        _finish_run(y.reshape(-1), at, rows * OW, residual.reshape(-1), at,
-                    scale[k] if scaled else y.dtype.type(1),
-                    b[k] if scaled else y.dtype.type(0), relu)
+        s = scale[k] if scaled else y.dtype.type(1)
+        c = b[k] if scaled else y.dtype.type(0)
+        zero = y.dtype.type(0)
+        if residual.shape[0] == 0:
+            for oh in range(oh0, oh0 + rows):
+                for ow in range(y.shape[3]):
+                    y[n, k, oh, ow] = _epilogue(y[n, k, oh, ow], s, c, zero, relu, zero)
+        else:
+            for oh in range(oh0, oh0 + rows):
+                for ow in range(y.shape[3]):
+                    y[n, k, oh, ow] = _epilogue(y[n, k, oh, ow], s, c, residual[n, k, oh, ow],
+                                                relu, zero)
 
 @njit
 def _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, OH, OW):
