@@ -126,9 +126,9 @@ def direct_workspace(w_shape, y_shape, kh, kw, sh, sw, dh, dw, groups, n_threads
                      qw, wide_rows, slack=0, k_parts=1):
     """The direct kernels' scratch, ``(work, block)``: a (threads, size) buffer and the
     output rows of a task. A task's stride-phase planes (C/g channels of block + reach
-    rows of ``qw``, :func:`direct_row_width`) stay within ``CACHE_BLOCK`` bytes, since every output channel reads
-    them, and so do its ``wide_rows`` rows of block*Qw. The weight gradient
-    (``slack`` 0) adds into these (K/g rows of dY), which then stay within
+    rows of ``qw``, :func:`direct_row_width`) stay within ``CACHE_BLOCK`` bytes, since
+    every output channel reads them, and so do its ``wide_rows`` rows of block*qw. The
+    weight gradient (``slack`` 0) adds into these (K/g rows of dY), which then stay within
     ``DIRECT_ACC`` values, in L1; the forward writes them (its sums) once per tile,
     and its tiles reach up to ``slack`` values past the planes and past each row.
     Past the planes lie at least ``qw`` zeros, where the last row's taps end. The
