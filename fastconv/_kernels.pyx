@@ -745,15 +745,15 @@ def conv2d_bwd_weight_im2col(const floating[:, :, :, ::1] dy,  # IN  (N, K, OH, 
 # row's left padding (a tap that runs past its row reads the next row's first
 # columns, zeros), so a row has W + max(left, right) columns, not the window's
 # full reach (_workspace.direct_row_width): on 13x13 maps a 3x3 layer's block of
-# 193 wide outputs became 181, 6 tiles of 32 where 7 were. The sum over terms (c, i, j) is then a matrix product whose rows
-# are these runs, and a tile of it, TILE_K output channels by TILE_P wide
-# outputs, keeps its accumulators in registers from the first term to the
-# last: per term it loads TILE_P inputs and TILE_K weights for TILE_K*TILE_P
-# multiply-adds, where accumulators in memory cost a load and a store per
-# multiply-add or two. At 8 x 32 in float32 that is 16 AVX-512 registers,
-# and a 3x3 layer ran at 170-260 GFLOP/s, as fast as PyTorch's, where sums in
-# L1 ran at 100-120. Every output channel of the group reads the same planes,
-# which stay in L2.
+# 193 wide outputs became 181, 6 tiles of 32 where 7 were. The sum over terms
+# (c, i, j) is then a matrix product whose rows are these runs, and a tile of
+# it, TILE_K output channels by TILE_P wide outputs, keeps its accumulators in
+# registers from the first term to the last: per term it loads TILE_P inputs and
+# TILE_K weights for TILE_K*TILE_P multiply-adds, where accumulators in memory
+# cost a load and a store per multiply-add or two. At 8 x 32 in float32 that is
+# 16 AVX-512 registers, and a 3x3 layer ran at 170-260 GFLOP/s, as fast as
+# PyTorch's, where sums in L1 ran at 100-120. Every output channel of the group
+# reads the same planes, which stay in L2.
 #
 # The weight gradient builds the same planes: dW[k, (c, i, j)] is the dot
 # product of dY_k's block, laid out in the same wide rows (0 past each row's
@@ -1365,13 +1365,12 @@ def _avg_factors(Py_ssize_t O, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p, Py_ssiz
     return (end - start).astype(dtype)
 
 
-def _avg_taps(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
-              Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-              bint count_include_pad, Py_ssize_t divisor_override, dtype):
-    """_tap_rows and _tap_cols of an average pooling, and its divisor's row and column
-    factors (_avg_factors): what its forward and its gradient share."""
-    return (_tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W),
-            _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
+def _avg_divisors(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
+                  Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                  bint count_include_pad, Py_ssize_t divisor_override, dtype):
+    """The row and column factors of an average pooling's divisor (_avg_factors): what
+    its forward and its gradient share."""
+    return (_avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
             _avg_factors(OW, kw, sw, pl, W, count_include_pad, 1 if divisor_override else 0,
                          dtype))
 
@@ -1416,6 +1415,12 @@ cdef inline void _max_value_tap(const floating* tap, floating* yrow, Py_ssize_t 
 # The average's gradient is such a window sum too (of dL/dY / divisor, padded by
 # k - 1 - p): 192x35x35 0.26 -> 0.15 / 0.21 -> 0.14, 768x17x17 0.52 -> 0.16 /
 # 0.32 -> 0.17, 64x112x112 0.58 -> 0.52 / 0.45 -> 0.49.
+
+cdef inline bint _whole_planes(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
+                               Py_ssize_t dw) noexcept nogil:
+    """Whether a pooling's windows are taken over whole planes (_stride1_pool)."""
+    return sh == 1 and sw == 1 and dh == 1 and dw == 1
+
 
 cdef void _flat_taps(const floating* src, Py_ssize_t step, Py_ssize_t taps, floating* dst,
                      Py_ssize_t length, bint is_max) noexcept nogil:
@@ -1652,18 +1657,21 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     outputs, with the taps that read padding peeled off its ends, and vectorises.
     NaN wins as in maxpool2d_fwd."""
     cdef Py_ssize_t C = x.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t[:, ::1] rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cdef Py_ssize_t[:, ::1] cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
-    cdef Py_ssize_t[::1] runs = _tap_runs(kw, sw, pl, dw, x.shape[3])
+    cdef Py_ssize_t[:, ::1] rows
+    cdef Py_ssize_t[:, ::1] cols
+    cdef Py_ssize_t[::1] runs
     cdef Py_ssize_t W = x.shape[3], Q = _ceil_div(W, sw), plane, n, c, oh, ow, i, j
     cdef bint phased = _phased(OW, sw)
     cdef const floating* xrow
     cdef floating* yrow
     cdef floating* phases
-    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+    if _whole_planes(sh, sw, dh, dw):
         with nogil:
             _stride1_pool(x, y, kh, kw, pt, pl, NULL, NULL, False, n_threads)
         return
+    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
+    runs = _tap_runs(kw, sw, pl, dw, x.shape[3])
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
@@ -1728,13 +1736,14 @@ def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
     cdef const floating* xrow
     cdef floating* yrow
     cdef floating rd
-    rows, cols, row_div, col_div = _avg_taps(
+    row_div, col_div = _avg_divisors(
         OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
         np.float32 if floating is float else np.float64)
-    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+    if _whole_planes(sh, sw, dh, dw):
         with nogil:
             _stride1_pool(x, y, kh, kw, pt, pl, &row_div[0], &col_div[0], False, n_threads)
         return
+    rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
     with nogil:
         for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C
@@ -1779,13 +1788,14 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
     cdef floating* share
     cdef floating* dxrow
     cdef floating rd
-    rows, cols, row_div, col_div = _avg_taps(
+    row_div, col_div = _avg_divisors(
         OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
         np.float32 if floating is float else np.float64)
-    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+    if _whole_planes(sh, sw, dh, dw):
         with nogil:
             _stride1_pool(dy, dx, kh, kw, pt, pl, &row_div[0], &col_div[0], True, n_threads)
         return
+    rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
     with nogil:
         for plane in prange(dx.shape[0] * C, schedule="static", num_threads=n_threads):
             n = plane // C

@@ -722,15 +722,15 @@ def conv2d_bwd_weight_im2col(dy,    # IN  (N, K, OH, OW)
 # row's left padding (a tap that runs past its row reads the next row's first
 # columns, zeros), so a row has W + max(left, right) columns, not the window's
 # full reach (_workspace.direct_row_width): on 13x13 maps a 3x3 layer's block of
-# 193 wide outputs became 181, 6 tiles of 32 where 7 were. The sum over terms (c, i, j) is then a matrix product whose rows
-# are these runs, and a tile of it, TILE_K output channels by TILE_P wide
-# outputs, keeps its accumulators in registers from the first term to the
-# last: per term it loads TILE_P inputs and TILE_K weights for TILE_K*TILE_P
-# multiply-adds, where accumulators in memory cost a load and a store per
-# multiply-add or two. At 8 x 32 in float32 that is 16 AVX-512 registers,
-# and a 3x3 layer ran at 170-260 GFLOP/s, as fast as PyTorch's, where sums in
-# L1 ran at 100-120. Every output channel of the group reads the same planes,
-# which stay in L2.
+# 193 wide outputs became 181, 6 tiles of 32 where 7 were. The sum over terms
+# (c, i, j) is then a matrix product whose rows are these runs, and a tile of
+# it, TILE_K output channels by TILE_P wide outputs, keeps its accumulators in
+# registers from the first term to the last: per term it loads TILE_P inputs and
+# TILE_K weights for TILE_K*TILE_P multiply-adds, where accumulators in memory
+# cost a load and a store per multiply-add or two. At 8 x 32 in float32 that is
+# 16 AVX-512 registers, and a 3x3 layer ran at 170-260 GFLOP/s, as fast as
+# PyTorch's, where sums in L1 ran at 100-120. Every output channel of the group
+# reads the same planes, which stay in L2.
 #
 # The weight gradient builds the same planes: dW[k, (c, i, j)] is the dot
 # product of dY_k's block, laid out in the same wide rows (0 past each row's
@@ -1314,11 +1314,11 @@ def _avg_factors(O, k, s, p, size, count_include_pad, override, dtype):
 
 
 @njit
-def _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override, dtype):
-    """_tap_rows and _tap_cols of an average pooling, and its divisor's row and column
-    factors (_avg_factors): what its forward and its gradient share."""
-    return (_tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W),
-            _avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
+def _avg_divisors(OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
+                  dtype):
+    """The row and column factors of an average pooling's divisor (_avg_factors): what
+    its forward and its gradient share."""
+    return (_avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
             _avg_factors(OW, kw, sw, pl, W, count_include_pad, 1 if divisor_override else 0,
                          dtype))
 
@@ -1350,6 +1350,12 @@ def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
 # The average's gradient is such a window sum too (of dL/dY / divisor, padded by
 # k - 1 - p): 192x35x35 0.26 -> 0.15 / 0.21 -> 0.14, 768x17x17 0.52 -> 0.16 /
 # 0.32 -> 0.17, 64x112x112 0.58 -> 0.52 / 0.45 -> 0.49.
+
+@njit
+def _whole_planes(sh, sw, dh, dw):
+    """Whether a pooling's windows are taken over whole planes (_stride1_pool)."""
+    return sh == 1 and sw == 1 and dh == 1 and dw == 1
+
 
 @njit
 def _flat_taps(src, s0, step, taps, dst, d0, length, is_max):
@@ -1517,12 +1523,12 @@ def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
     outputs, with the taps that read padding peeled off its ends, and vectorises.
     NaN wins as in maxpool2d_fwd."""
     C, OH, OW = x.shape[1], y.shape[2], y.shape[3]
-    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
-    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+    if _whole_planes(sh, sw, dh, dw):
         _stride1_pool(x, y, kh, kw, pt, pl, np.empty(0, y.dtype), np.empty(0, y.dtype), False,
                       n_threads)
         return
+    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
+    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
@@ -1570,11 +1576,12 @@ def avgpool2d_fwd(x,   # IN  (N, C, H, W)
     Like max pooling, a whole output row is summed tap by tap along the row."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
-    rows, cols, row_div, col_div = _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
-                                             count_include_pad, divisor_override, y.dtype)
-    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+    row_div, col_div = _avg_divisors(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
+                                     count_include_pad, divisor_override, y.dtype)
+    if _whole_planes(sh, sw, dh, dw):
         _stride1_pool(x, y, kh, kw, pt, pl, row_div, col_div, False, n_threads)
         return
+    rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
     for plane in prange(x.shape[0] * C):
         n = plane // C
         c = plane % C
@@ -1605,11 +1612,12 @@ def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
     then added tap by tap along the input rows it covers."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
-    rows, cols, row_div, col_div = _avg_taps(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
-                                             count_include_pad, divisor_override, dx.dtype)
-    if sh == 1 and sw == 1 and dh == 1 and dw == 1:
+    row_div, col_div = _avg_divisors(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
+                                     count_include_pad, divisor_override, dx.dtype)
+    if _whole_planes(sh, sw, dh, dw):
         _stride1_pool(dy, dx, kh, kw, pt, pl, row_div, col_div, True, n_threads)
         return
+    rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
     for plane in prange(dx.shape[0] * C):
         n = plane // C
         c = plane % C
