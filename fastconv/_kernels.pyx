@@ -1291,9 +1291,9 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
 # its sw phases (_deinterleave, as the direct convolution's planes): the tap is
 # then entry ow + (off - p)/sw of phase p = off mod sw, a contiguous run.
 # In-process A/B against the strided loads, 2 threads, ms: 3x3 stride 2 on
-# 64x112x112 0.71 -> 0.48 (values), 1.05 -> 0.71 (with indices), 1.34 -> 1.10
-# (gradient from X); 2x2 stride 2 on 64x224x224 1.01 -> 0.71, 1.39 -> 0.97,
-# 2.62 -> 2.06. Rows of fewer than PHASED_ROW outputs keep the strided loads:
+# 64x112x112 1.05 -> 0.71 (with indices), 1.34 -> 1.10 (gradient from X); 2x2
+# stride 2 on 64x224x224 1.39 -> 0.97, 2.62 -> 2.06. (The values alone, in
+# inference, are pooled a plane at a time: _plane_pool.) Rows of fewer than PHASED_ROW outputs keep the strided loads:
 # the split is then most of the work (AlexNet's 3x3 stride-2 poolings of
 # 192x27x27 and 256x13x13 took 0.17 -> 0.36-0.39 and 0.08-0.12 -> 0.23-0.29 ms
 # with it). A literal stride 2 in the loads, as the Numba twin passes, gained
@@ -1391,16 +1391,6 @@ cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py
         irow[ow] = at + ow * step if wins else irow[ow]
 
 
-cdef inline void _max_value_tap(const floating* tap, floating* yrow, Py_ssize_t lo,
-                               Py_ssize_t hi, Py_ssize_t stride) noexcept nogil:
-    """_max_tap without the indices."""
-    cdef Py_ssize_t ow
-    cdef floating val
-    for ow in range(lo, hi):
-        val = tap[ow * stride]
-        yrow[ow] = val if (val > yrow[ow]) | (val != val) else yrow[ow]
-
-
 # A stride-1 window (dilation 1) is separable and the plane is small enough to
 # take whole: padded once into a plane of Wp = OW + kw - 1 columns, a tap is
 # then the same flat shift for every window, p -> p + i*Wp + j, so a pass over
@@ -1418,26 +1408,50 @@ cdef inline void _max_value_tap(const floating* tap, floating* yrow, Py_ssize_t 
 
 cdef inline bint _whole_planes(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
                                Py_ssize_t dw) noexcept nogil:
-    """Whether a pooling's windows are taken over whole planes (_stride1_pool)."""
+    """Whether a pooling's windows are taken over whole padded planes
+    (_stride1_windows), rather than reduced down the rows first (_strided_windows)."""
     return sh == 1 and sw == 1 and dh == 1 and dw == 1
 
 
-cdef void _flat_taps(const floating* src, Py_ssize_t step, Py_ssize_t taps, floating* dst,
-                     Py_ssize_t length, bint is_max) noexcept nogil:
-    """dst[p] = the maximum (NaN wins, as in maxpool2d_fwd) or the sum over t < taps of
-    src[p + t*step], for p < length."""
-    cdef Py_ssize_t t, p
-    cdef floating val
-    for p in range(length):
-        dst[p] = src[p]
-    for t in range(1, taps):
-        if is_max:
-            for p in range(length):
-                val = src[p + t * step]
-                dst[p] = val if (val > dst[p]) | (val != val) else dst[p]
-        else:
-            for p in range(length):
-                dst[p] += src[p + t * step]
+cdef inline Py_ssize_t _strided_pitch(Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw,
+                                      Py_ssize_t dw) noexcept nogil:
+    """Q, the outputs a row of _strided_windows takes: its Q*sw columns hold the
+    (OW - 1)*sw + (kw - 1)*dw + 1 that the row's windows reach."""
+    return _ceil_div((OW - 1) * sw + (kw - 1) * dw + 1, sw)
+
+
+cdef inline floating _pool2(floating acc, floating val, bint is_max) noexcept nogil:
+    """acc and val pooled: the larger (NaN wins, as in maxpool2d_fwd) or the sum."""
+    if is_max:
+        return val if (val > acc) | (val != val) else acc
+    return acc + val
+
+
+cdef inline void _flat_taps(const floating* src, Py_ssize_t stride, Py_ssize_t step,
+                            Py_ssize_t taps, floating* dst, Py_ssize_t length,
+                            bint is_max) noexcept nogil:
+    """dst[p] = the maximum or the sum over t < taps, in order, of src[p*stride + t*step],
+    for p < length: up to three taps a pass, pooled in registers (one pass a tap
+    loaded and stored dst for each). Inlined where stride and step are literals:
+    gcc then loads whole vectors and shuffles out every second value."""
+    cdef Py_ssize_t first = (taps - 1) % 3 + 1, t, p
+    cdef const floating* s
+    if first == 1:
+        for p in range(length):
+            dst[p] = src[p * stride]
+    elif first == 2:
+        for p in range(length):
+            dst[p] = _pool2(src[p * stride], src[p * stride + step], is_max)
+    else:
+        for p in range(length):
+            dst[p] = _pool2(_pool2(src[p * stride], src[p * stride + step], is_max),
+                            src[p * stride + 2 * step], is_max)
+    for t in range(first, taps, 3):
+        s = src + t * step
+        for p in range(length):
+            dst[p] = _pool2(_pool2(_pool2(dst[p], s[p * stride], is_max),
+                                   s[p * stride + step], is_max),
+                            s[p * stride + 2 * step], is_max)
 
 
 cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
@@ -1463,27 +1477,76 @@ cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
                 d[s] = plane[ih * W + s - pl]
             for s in range(s1, Wp):
                 d[s] = fill
-    _flat_taps(buf, 1, kw, rows, Hp * Wp - kw + 1, is_max)
-    _flat_taps(rows, Wp, kh, buf, (OH - 1) * Wp + OW, is_max)
+    _flat_taps(buf, 1, 1, kw, rows, Hp * Wp - kw + 1, is_max)
+    _flat_taps(rows, 1, Wp, kh, buf, (OH - 1) * Wp + OW, is_max)
 
 
-cdef void _stride1_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
-                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t pt, Py_ssize_t pl,
-                        const floating* row_div, const floating* col_div, bint backward,
-                        int n_threads) noexcept nogil:
-    """Pooling with stride 1 and dilation 1, a share of the planes per thread: dst's
-    windows of src, the maximum (values only; row_div NULL) or the average, window
-    (oh, ow) divided by row_div[oh]*col_div[ow]. Backward, the average's gradient: src
-    (dL/dY) divided first, then each input pixel sums the windows that cover it, which
-    at stride 1 form a window of the same size, padded by kh - 1 - pt and kw - 1 - pl."""
-    cdef bint is_max = row_div == NULL
+# A strided window is separable too, but its rows are not a flat shift of each
+# other: each output row first reduces its kh input rows (contiguous, the whole
+# width), into a row padded with fill, then one pass over all those rows, flat,
+# takes the kw taps of every window at stride sw (rows of Q*sw columns keep the
+# flat index q*sw of window q on the row it belongs to), a band of rows at a
+# time that stays in L1. Row by row and tap by tap, the 3x3 stride-2 max pooling
+# of ResNet's stem reduced each input row 1.5 times and ran twelve loops of 56 or
+# 112 per output row.
+
+cdef enum:
+    POOL_BAND = 6144    # values (24 KB of float32) of a band of _strided_windows' rows
+
+cdef void _strided_windows(const floating* plane, Py_ssize_t W, Py_ssize_t oh0,
+                           Py_ssize_t oh1, Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sh,
+                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
+                           Py_ssize_t dw, const Py_ssize_t* rows, floating fill, bint is_max,
+                           floating* buf) noexcept nogil:
+    """buf[(oh - oh0)*Q + ow] = the maximum or sum of window (oh, ow), oh0 <= oh < oh1,
+    of a plane of W columns padded with fill, Q = _strided_pitch; rows[2*oh : 2*oh + 2]
+    are the window row's taps inside the plane (_tap_rows); buf holds
+    (oh1 - oh0)*Q*(1 + sw) values."""
+    cdef Py_ssize_t Q = _strided_pitch(OW, kw, sw, dw), Wq = Q * sw, OH = oh1 - oh0, oh, s, i0
+    cdef Py_ssize_t Wc = min(W, Wq - pl)
+    cdef floating* wide = buf + OH * Q
+    cdef floating* d
+    for oh in range(oh0, oh1):
+        d = wide + (oh - oh0) * Wq
+        for s in range(pl):
+            d[s] = fill
+        for s in range(pl + Wc, Wq):
+            d[s] = fill
+        i0 = rows[2 * oh]
+        _flat_taps(plane + (oh * sh - pt + i0 * dh) * W, 1, dh * W, rows[2 * oh + 1] - i0,
+                   d + pl, Wc, is_max)
+    if sw == 2 and dw == 1:
+        _flat_taps(wide, 2, 1, kw, buf, (OH - 1) * Q + OW, is_max)
+    else:
+        _flat_taps(wide, sw, dw, kw, buf, (OH - 1) * Q + OW, is_max)
+
+
+cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                      const floating* row_div, const floating* col_div, bint backward,
+                      int n_threads) noexcept nogil:
+    """Pooling a plane at a time, a share of the planes per thread: dst's windows of
+    src, the maximum (values only; row_div NULL) or the average, window (oh, ow)
+    divided by row_div[oh]*col_div[ow]. Backward (stride 1, dilation 1), the
+    average's gradient: src (dL/dY) divided first, then each input pixel sums the
+    windows that cover it, which at stride 1 form a window of the same size, padded
+    by kh - 1 - pt and kw - 1 - pl."""
+    cdef bint is_max = row_div == NULL, whole = _whole_planes(sh, sw, dh, dw)
     cdef Py_ssize_t C = src.shape[1], IH = src.shape[2], IW = src.shape[3]
-    cdef Py_ssize_t OH = dst.shape[2], OW = dst.shape[3], Wp = OW + kw - 1
-    cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow
+    cdef Py_ssize_t OH = dst.shape[2], OW = dst.shape[3]
+    cdef Py_ssize_t Wp = OW + kw - 1 if whole else _strided_pitch(OW, kw, sw, dw)
+    cdef Py_ssize_t band = OH if whole else max(1, min(OH, POOL_BAND // (Wp * (1 + sw))))
+    cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow, b, oh0, oh1
     cdef floating* buf
     cdef floating* shares
+    cdef Py_ssize_t* rows = <Py_ssize_t*> malloc(2 * OH * sizeof(Py_ssize_t))
+    for oh in range(OH):        # _tap_rows
+        rows[2 * oh] = _first_tap(oh * sh - pt, dh, kh)
+        rows[2 * oh + 1] = _end_tap(oh * sh - pt, dh, kh, IH)
     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-        buf = <floating*> malloc(2 * (OH + kh - 1) * Wp * sizeof(floating))
+        buf = <floating*> malloc((2 * (OH + kh - 1) * Wp if whole else band * Wp * (1 + sw))
+                                 * sizeof(floating))
         shares = <floating*> malloc((IH * IW if backward else 1) * sizeof(floating))
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
             n = plane // C
@@ -1494,15 +1557,22 @@ cdef void _stride1_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1]
                         shares[oh * IW + ow] = src[n, c, oh, ow] / (row_div[oh] * col_div[ow])
                 _stride1_windows(shares, IH, IW, OH, OW, kh, kw, kh - 1 - pt, kw - 1 - pl, 0,
                                  False, buf)
-            else:
+            elif whole:
                 _stride1_windows(&src[n, c, 0, 0], IH, IW, OH, OW, kh, kw, pt, pl,
                                  -INFINITY if is_max else 0, is_max, buf)
-            for oh in range(OH):
-                for ow in range(OW):
-                    dst[n, c, oh, ow] = buf[oh * Wp + ow] if is_max or backward else \
-                        buf[oh * Wp + ow] / (row_div[oh] * col_div[ow])
+            for b in range(_ceil_div(OH, band)):
+                oh0 = b * band
+                oh1 = min(OH, oh0 + band)
+                if not whole:
+                    _strided_windows(&src[n, c, 0, 0], IW, oh0, oh1, OW, kw, sh, sw, pt, pl, dh,
+                                     dw, rows, -INFINITY if is_max else 0, is_max, buf)
+                for oh in range(oh0, oh1):
+                    for ow in range(OW):
+                        dst[n, c, oh, ow] = buf[(oh - oh0) * Wp + ow] if is_max or backward \
+                            else buf[(oh - oh0) * Wp + ow] / (row_div[oh] * col_div[ow])
         free(shares)
         free(buf)
+    free(rows)
 
 
 cdef inline bint _phased(Py_ssize_t OW, Py_ssize_t sw) noexcept nogil:
@@ -1652,48 +1722,11 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                          Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                          int n_threads):
     """y = max over each window, without the indices (inference). The maximum of a
-    window does not depend on the order of its taps, so each output row takes one
-    tap at a time across all its windows: the inner loop runs over contiguous
-    outputs, with the taps that read padding peeled off its ends, and vectorises.
-    NaN wins as in maxpool2d_fwd."""
-    cdef Py_ssize_t C = x.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t[:, ::1] rows
-    cdef Py_ssize_t[:, ::1] cols
-    cdef Py_ssize_t[::1] runs
-    cdef Py_ssize_t W = x.shape[3], Q = _ceil_div(W, sw), plane, n, c, oh, ow, i, j
-    cdef bint phased = _phased(OW, sw)
-    cdef const floating* xrow
-    cdef floating* yrow
-    cdef floating* phases
-    if _whole_planes(sh, sw, dh, dw):
-        with nogil:
-            _stride1_pool(x, y, kh, kw, pt, pl, NULL, NULL, False, n_threads)
-        return
-    rows = _tap_rows(OH, kh, sh, pt, dh, x.shape[2])
-    cols = _tap_cols(OW, kw, sw, pl, dw, x.shape[3])
-    runs = _tap_runs(kw, sw, pl, dw, x.shape[3])
+    window does not depend on the order of its taps, so the windows are reduced a
+    plane at a time, down the rows and then along them (_plane_pool). NaN wins as in
+    maxpool2d_fwd."""
     with nogil:
-        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
-            n = plane // C
-            c = plane % C
-            phases = <floating*> malloc(_phases_size(W, OW, sw) * sizeof(floating))
-            for oh in range(OH):
-                yrow = &y[n, c, oh, 0]
-                for ow in range(OW):
-                    yrow[ow] = -INFINITY
-                for i in range(rows[oh, 0], rows[oh, 1]):
-                    xrow = &x[n, c, oh * sh - pt + i * dh, 0]
-                    if sw == 1:
-                        for j in range(kw):
-                            _max_value_tap(xrow + runs[j], yrow, cols[j, 0], cols[j, 1], 1)
-                    elif phased:
-                        _deinterleave(xrow, W, sw, phases, Q)
-                        for j in range(kw):
-                            _max_value_tap(phases + runs[j], yrow, cols[j, 0], cols[j, 1], 1)
-                    else:
-                        for j in range(kw):
-                            _max_value_tap(xrow + j * dw - pl, yrow, cols[j, 0], cols[j, 1], sw)
-            free(phases)
+        _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, NULL, NULL, False, n_threads)
 
 
 def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
@@ -1725,47 +1758,15 @@ def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
                   bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
     """y = (sum over each window) / divisor; ``divisor_override`` is 0 when unset.
 
-    Like max pooling, a whole output row is summed tap by tap along the row."""
-    cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t[:, ::1] rows
-    cdef Py_ssize_t[:, ::1] cols
+    Like max pooling's values, the windows are summed a plane at a time (_plane_pool)."""
     cdef floating[::1] row_div
     cdef floating[::1] col_div
-    cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, off
-    cdef const floating* xrow
-    cdef floating* yrow
-    cdef floating rd
     row_div, col_div = _avg_divisors(
-        OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
-        np.float32 if floating is float else np.float64)
-    if _whole_planes(sh, sw, dh, dw):
-        with nogil:
-            _stride1_pool(x, y, kh, kw, pt, pl, &row_div[0], &col_div[0], False, n_threads)
-        return
-    rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
+        y.shape[2], y.shape[3], x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl,
+        count_include_pad, divisor_override, np.float32 if floating is float else np.float64)
     with nogil:
-        for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
-            n = plane // C
-            c = plane % C
-            for oh in range(OH):
-                h0 = oh * sh - pt
-                yrow = &y[n, c, oh, 0]
-                for ow in range(OW):
-                    yrow[ow] = 0
-                for i in range(rows[oh, 0], rows[oh, 1]):
-                    xrow = &x[n, c, h0 + i, 0]
-                    for j in range(kw):
-                        off = j - pl
-                        if sw == 1:     # a known unit stride: contiguous loads
-                            for ow in range(cols[j, 0], cols[j, 1]):
-                                yrow[ow] += xrow[ow + off]
-                        else:
-                            for ow in range(cols[j, 0], cols[j, 1]):
-                                yrow[ow] += xrow[ow * sw + off]
-                rd = row_div[oh]
-                for ow in range(OW):
-                    yrow[ow] /= rd * col_div[ow]
+        _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, &row_div[0], &col_div[0], False,
+                    n_threads)
 
 
 def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
@@ -1793,7 +1794,8 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
         np.float32 if floating is float else np.float64)
     if _whole_planes(sh, sw, dh, dw):
         with nogil:
-            _stride1_pool(dy, dx, kh, kw, pt, pl, &row_div[0], &col_div[0], True, n_threads)
+            _plane_pool(dy, dx, kh, kw, 1, 1, pt, pl, 1, 1, &row_div[0], &col_div[0], True,
+                        n_threads)
         return
     rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
     with nogil:

@@ -186,6 +186,39 @@ def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
             assert rel_err(gx, numeric) <= 1e-8, (padding, include, override)
 
 
+@pytest.mark.parametrize("backend", sorted(set(MAX_BACKENDS) & set(AVG_BACKENDS)))
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+                                dict(kernel_size=2, stride=2),
+                                dict(kernel_size=(2, 3), stride=(3, 2), padding=1),
+                                dict(kernel_size=(4, 7), stride=(2, 3), padding=(2, 3)),
+                                dict(kernel_size=(3, 2), stride=(1, 2), dilation=(2, 3))])
+def test_strided_pooling_reduces_rows_in_bands(backend, kw):
+    """Strided max (values only) and average pooling reduce each output row's input
+    rows into padded rows, then take the windows along them in one strided pass, a
+    band of rows at a time: planes wide enough for several bands, NaN and -inf for
+    max, both divisors and an override for average."""
+    rng = np.random.default_rng(len(str(kw)))
+    shape = (1, 2, 23, 1003)
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x[rng.random(shape) < 0.05] = np.nan
+    x[rng.random(shape) < 0.1] = -np.inf
+    k, s = _pair(kw["kernel_size"]), _pair(kw["stride"])
+    p, d = _pair(kw.get("padding", 0)), _pair(kw.get("dilation", 1))
+    ceil = kw.get("ceil_mode", False)
+    y_ref, _ = oracle.max_pool2d(x, k, s, p, d, ceil)
+    assert np.array_equal(fc.max_pool2d(x, **kw, backend=backend), y_ref, equal_nan=True)
+    if d != (1, 1):
+        return
+    xa = rng.standard_normal(shape)
+    for include, override in [(True, None), (False, None), (True, 5)]:
+        y_ref = oracle.avg_pool2d(xa, k, s, p, ceil, include, override)
+        for dtype in (np.float32, np.float64):
+            y = fc.avg_pool2d(xa.astype(dtype), k, s, p, ceil_mode=ceil,
+                              count_include_pad=include, divisor_override=override,
+                              backend=backend)
+            assert rel_err(y, y_ref) <= TOLERANCE[dtype, "pool"], (include, override)
+
+
 @pytest.mark.parametrize("backend", MAX_BACKENDS)
 def test_max_pool_overlapping_windows_accumulate(backend):
     x = np.zeros((1, 1, 3, 3))
