@@ -1293,13 +1293,13 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
 # In-process A/B against the strided loads, 2 threads, ms: 3x3 stride 2 on
 # 64x112x112 1.05 -> 0.71 (with indices), 1.34 -> 1.10 (gradient from X); 2x2
 # stride 2 on 64x224x224 1.39 -> 0.97, 2.62 -> 2.06. (The values alone, in
-# inference, are pooled a plane at a time: _plane_pool.) Rows of fewer than PHASED_ROW outputs keep the strided loads:
-# the split is then most of the work (AlexNet's 3x3 stride-2 poolings of
-# 192x27x27 and 256x13x13 took 0.17 -> 0.36-0.39 and 0.08-0.12 -> 0.23-0.29 ms
-# with it). A literal stride 2 in the loads, as the Numba twin passes, gained
-# nothing here; LLVM, for its part, vectorises the literal 2 well, and the
-# phases made the Numba twin slower (0.38 -> 0.42-0.51 ms on the first), so it
-# keeps its strided loads.
+# inference, are pooled a plane at a time: _plane_pool.) Rows of fewer than
+# PHASED_ROW outputs keep the strided loads: the split is then most of the work
+# (AlexNet's 3x3 stride-2 poolings of 192x27x27 and 256x13x13 took 0.17 ->
+# 0.36-0.39 and 0.08-0.12 -> 0.23-0.29 ms with it). A literal stride 2 in the
+# loads, as the Numba twin passes, gained nothing here; LLVM, for its part,
+# vectorises the literal 2 well, and the phases made the Numba twin slower (0.38
+# -> 0.42-0.51 ms on the first), so it keeps its strided loads.
 
 cdef enum:
     PHASED_ROW = 32     # the fewest outputs of a row whose strided taps read phases
@@ -1436,6 +1436,7 @@ cdef inline void _flat_taps(const floating* src, Py_ssize_t stride, Py_ssize_t s
     gcc then loads whole vectors and shuffles out every second value."""
     cdef Py_ssize_t first = (taps - 1) % 3 + 1, t, p
     cdef const floating* s
+    cdef floating acc
     if first == 1:
         for p in range(length):
             dst[p] = src[p * stride]
@@ -1449,9 +1450,9 @@ cdef inline void _flat_taps(const floating* src, Py_ssize_t stride, Py_ssize_t s
     for t in range(first, taps, 3):
         s = src + t * step
         for p in range(length):
-            dst[p] = _pool2(_pool2(_pool2(dst[p], s[p * stride], is_max),
-                                   s[p * stride + step], is_max),
-                            s[p * stride + 2 * step], is_max)
+            acc = _pool2(dst[p], s[p * stride], is_max)
+            acc = _pool2(acc, s[p * stride + step], is_max)
+            dst[p] = _pool2(acc, s[p * stride + 2 * step], is_max)
 
 
 cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
@@ -1823,18 +1824,16 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
 
 
 cdef inline floating _span_sum(const floating* a, Py_ssize_t n) noexcept nogil:
-    """Sum of a[0:n] in four interleaved partial sums: one running sum waits for each
-    addition to finish (4 cycles) before the next, four keep the adder busy."""
-    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0
-    cdef Py_ssize_t i, end = n - n % 4
-    for i in range(0, end, 4):
-        s0 = s0 + a[i]
-        s1 = s1 + a[i + 1]
-        s2 = s2 + a[i + 2]
-        s3 = s3 + a[i + 3]
-    for i in range(end, n):
-        s0 = s0 + a[i]
-    return (s0 + s1) + (s2 + s3)
+    """Sum of a[0:n], in one running sum: global pooling's many short sums overlap
+    each other's adds out of order. Four interleaved partial sums, as the Numba twin
+    keeps, gcc made into vector loads and a shuffle for every element: ResNet's
+    global pooling (8, 2048, 7, 7) took 0.099-0.107 ms with them and 0.084-0.091
+    with one (in-process A/Bs, 2 threads)."""
+    cdef floating total = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        total = total + a[i]
+    return total
 
 
 def adaptive_avgpool2d_fwd(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
