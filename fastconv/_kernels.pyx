@@ -1541,10 +1541,12 @@ cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] d
     cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow, b, oh0, oh1
     cdef floating* buf
     cdef floating* shares
-    cdef Py_ssize_t* rows = <Py_ssize_t*> malloc(2 * OH * sizeof(Py_ssize_t))
-    for oh in range(OH):        # _tap_rows
-        rows[2 * oh] = _first_tap(oh * sh - pt, dh, kh)
-        rows[2 * oh + 1] = _end_tap(oh * sh - pt, dh, kh, IH)
+    cdef Py_ssize_t* rows = NULL
+    if not whole:
+        rows = <Py_ssize_t*> malloc(2 * OH * sizeof(Py_ssize_t))
+        for oh in range(OH):        # _tap_rows
+            rows[2 * oh] = _first_tap(oh * sh - pt, dh, kh)
+            rows[2 * oh + 1] = _end_tap(oh * sh - pt, dh, kh, IH)
     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
         buf = <floating*> malloc((2 * (OH + kh - 1) * Wp if whole else band * Wp * (1 + sw))
                                  * sizeof(floating))

@@ -1472,7 +1472,7 @@ def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, row_div, col_div, back
     planes, is_max, whole = src.shape[0] * C, row_div.shape[0] == 0, _whole_planes(sh, sw, dh, dw)
     Wp = OW + kw - 1 if whole else _strided_pitch(OW, kw, sw, dw)
     band = OH if whole else max(1, min(OH, POOL_BAND // (Wp * (1 + sw))))
-    rows = _tap_rows(OH, kh, sh, pt, dh, IH)
+    rows = np.empty((0, 2), np.int64) if whole else _tap_rows(OH, kh, sh, pt, dh, IH)
     for t in prange(n_threads):
         buf = np.empty(2 * (OH + kh - 1) * Wp if whole else band * Wp * (1 + sw), dst.dtype)
         shares = np.empty((IH, IW) if backward else (1, 1), dst.dtype)
