@@ -19,6 +19,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memcmp
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
@@ -773,6 +774,8 @@ cdef enum:
 # the forward's workspace: rows of sums a task keeps, and how far past its planes
 # and each row its tiles reach
 DIRECT_SUMS = (TILE_K, SLACK)
+# the output channels of a packed panel of Winograd's transformed filters
+WINOGRAD_PANEL = TILE_P
 
 
 cdef void _direct_planes(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t c0,
@@ -1224,8 +1227,36 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
     free(t)
 
 
+cdef noinline_void _winograd_tile(const floating* v, Py_ssize_t ldv, Py_ssize_t n_t,
+                                  const floating* panel, Py_ssize_t n_c, floating* mm,
+                                  Py_ssize_t ldm, Py_ssize_t n_k) noexcept nogil:
+    """mm[k*ldm + t] = sum over c < n_c of panel[c*TILE_P + k] * v[c*ldv + t], for t < n_t
+    and k < n_k of a register tile of TILE_K tiles by TILE_P output channels (_tile's
+    shape, its roles turned: the channels run along the vector lanes, the tiles are
+    broadcast). Tiles past n_t repeat tile n_t - 1 and are not stored."""
+    cdef floating acc[TILE_K][TILE_P]
+    cdef Py_ssize_t col[TILE_K]
+    cdef const floating* vc
+    cdef const floating* uc
+    cdef Py_ssize_t t, k, c
+    for t in range(TILE_K):
+        col[t] = min(t, n_t - 1)
+        for k in range(TILE_P):
+            acc[t][k] = 0
+    for c in range(n_c):
+        vc = v + c * ldv
+        uc = panel + c * TILE_P
+        for t in range(TILE_K):
+            for k in range(TILE_P):
+                acc[t][k] += vc[col[t]] * uc[k]
+    for t in range(n_t):
+        for k in range(n_k):
+            mm[k * ldm + t] = acc[t][k]
+
+
 def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
-                        const floating[:, :, :, ::1] u,     # IN  (groups, alpha^2, Kg, Cg): G g G^T
+                        const floating[:, :, :, ::1] u,     # IN  G g G^T: (groups, alpha^2, Kg, Cg),
+                                                            # or packed (.., panels*Cg, TILE_P)
                         const floating[::1] b,              # IN  (K,)
                         floating[:, :, :, ::1] y,           # OUT (N, K, OH, OW)
                         const floating[::1] scale,          # IN  (K,), or empty: the epilogue's
@@ -1235,6 +1266,7 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         const floating[:, ::1] at,          # IN  (m, alpha): A^T
                         floating[:, ::1] v,                 # workspace (alpha^2*Cg, T)
                         floating[:, ::1] mm,                # workspace (alpha^2*Kg, T)
+                        bint packed,
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                         Py_ssize_t groups, int n_threads):
@@ -1244,13 +1276,16 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
 
     Per image, group and run of tile rows, three parallel phases: the threads
     split the input channels of the input transform, then the alpha^2 GEMMs,
-    then the output channels of the output transform.
+    then the output channels of the output transform. A GEMM runs through BLAS,
+    or, packed, in register tiles (_winograd_tile) that read U's panels of
+    TILE_P output channels, (Cg, TILE_P) each, the last one padded with zeros.
     """
-    cdef Py_ssize_t m = at.shape[0], alpha2 = u.shape[1], Kg = u.shape[2], Cg = u.shape[3]
+    cdef Py_ssize_t m = at.shape[0], alpha2 = u.shape[1]
+    cdef Py_ssize_t Kg = y.shape[1] // groups, Cg = x.shape[1] // groups
     cdef Py_ssize_t T = v.shape[1]
     cdef Py_ssize_t tw = _ceil_div(y.shape[3], m), th = _ceil_div(y.shape[2], m)
     cdef Py_ssize_t run_rows = T // tw
-    cdef Py_ssize_t n, g, run, tr0, n_tr, nt, t, ab, c0, c1, k0, k1
+    cdef Py_ssize_t n, g, run, tr0, n_tr, nt, t, ab, c0, c1, k0, k1, kp, t0
     with nogil:
         for n in range(x.shape[0]):
             for g in range(groups):
@@ -1265,14 +1300,37 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                         _winograd_input(x, n, g * Cg + c0, c1 - c0, bt, &v[c0, 0], Cg * T, T,
                                         tr0, n_tr, tw, m, pt, pl)
                     for ab in prange(alpha2, schedule="static", num_threads=n_threads):
-                        _gemm(False, False, Kg, nt, Cg, 1, &u[g, ab, 0, 0], Cg,
-                              &v[ab * Cg, 0], T, 0, &mm[ab * Kg, 0], T)
+                        if packed:
+                            for kp in range(_ceil_div(Kg, TILE_P)):
+                                for t0 in range(_ceil_div(nt, TILE_K)):
+                                    _winograd_tile(&v[ab * Cg, t0 * TILE_K], T,
+                                                   min(TILE_K, nt - t0 * TILE_K),
+                                                   &u[g, ab, kp * Cg, 0], Cg,
+                                                   &mm[ab * Kg + kp * TILE_P, t0 * TILE_K], T,
+                                                   min(TILE_P, Kg - kp * TILE_P))
+                        else:
+                            _gemm(False, False, Kg, nt, Cg, 1, &u[g, ab, 0, 0], Cg,
+                                  &v[ab * Cg, 0], T, 0, &mm[ab * Kg, 0], T)
                     for t in prange(n_threads, schedule="static", chunksize=1,
                                     num_threads=n_threads):
                         k0 = _share(Kg, t, n_threads)
                         k1 = _share(Kg, t + 1, n_threads)
                         _winograd_output(&mm[k0, 0], Kg * T, T, y, b, scale, residual, relu, n,
                                          g * Kg + k0, k1 - k0, at, tr0, n_tr, tw)
+
+
+def same_bytes(const unsigned char[::1] a, const unsigned char[::1] b, int n_threads):
+    """Whether a and b (of one length) hold the same bytes: the check before a cached
+    filter transform is reused, the threads comparing a share each."""
+    cdef Py_ssize_t n = a.shape[0], t, lo, hi
+    cdef int differ = 0
+    with nogil:
+        for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+            lo = _share(n, t, n_threads)
+            hi = _share(n, t + 1, n_threads)
+            if hi > lo:
+                differ += memcmp(&a[lo], &b[lo], hi - lo) != 0
+    return differ == 0
 
 
 # ---------------------------------------------------------------------------

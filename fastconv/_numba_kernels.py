@@ -746,6 +746,8 @@ SLACK = TILE_K * TILE_P     # how far past the end of a task's planes a tile rea
 # the forward's workspace: rows of sums a task keeps, and how far past its planes
 # and each row its tiles reach
 DIRECT_SUMS = (TILE_K, SLACK)
+# the output channels of a packed panel of Winograd's transformed filters
+WINOGRAD_PANEL = TILE_P
 KB = 8          # input channels per task of the data gradient
 
 
@@ -1208,9 +1210,28 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
         _finish_rows(y, scale, bias, residual, relu, n, k0 + k, oh0, min(n_tr * m, OH - oh0))
 
 
+@njit
+def _winograd_tile(v, v0, ldv, n_t, u, u0, n_c, mm, m0, ldm, n_k):
+    """mm[m0 + k*ldm + t] = sum over c < n_c of u[u0 + c*TILE_P + k] * v[v0 + c*ldv + t],
+    for t < n_t and k < n_k of a register tile of TILE_K tiles by TILE_P output channels
+    (_tile's shape, its roles turned: the channels run along the vector lanes, the tiles
+    are broadcast). Tiles past n_t repeat tile n_t - 1 and are not stored."""
+    acc = _tile_array(u)
+    for t in range(TILE_K):
+        _fill_row(acc, t * TILE_P, 0)
+    for c in range(n_c):
+        vc = v0 + c * ldv
+        for t in range(TILE_K):
+            _fma_row(acc, t * TILE_P, u, u0 + c * TILE_P, v[_u(vc + min(t, n_t - 1))])
+    for t in range(n_t):
+        for k in range(n_k):
+            mm[_u(m0 + k * ldm + t)] = acc[t * TILE_P + k]
+
+
 @pnjit
 def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
-                        u,    # IN  (groups, alpha^2, Kg, Cg): G g G^T
+                        u,    # IN  G g G^T: (groups, alpha^2, Kg, Cg),
+                              #     or packed (.., panels*Cg, TILE_P)
                         b,    # IN  (K,)
                         y,    # OUT (N, K, OH, OW)
                         scale,    # IN  (K,), or empty: the epilogue's
@@ -1220,6 +1241,7 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                         at,   # IN  (m, alpha): A^T
                         v,    # workspace (alpha^2*Cg, T)
                         mm,   # workspace (alpha^2*Kg, T)
+                        packed,
                         kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
     """Y = A^T [ U (.) (B^T d B) ] A + b, then the epilogue, on every tile (3x3, stride 1,
     dilation 1; pt and pl may be negative, which crops, as the data gradient needs).
@@ -1227,9 +1249,12 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
 
     Per image, group and run of tile rows, three parallel phases: the threads
     split the input channels of the input transform, then the alpha^2 GEMMs,
-    then the output channels of the output transform.
+    then the output channels of the output transform. A GEMM runs through BLAS,
+    or, packed, in register tiles (_winograd_tile) that read U's panels of
+    TILE_P output channels, (Cg, TILE_P) each, the last one padded with zeros.
     """
-    m, alpha2, Kg, Cg = at.shape[0], u.shape[1], u.shape[2], u.shape[3]
+    m, alpha2 = at.shape[0], u.shape[1]
+    Kg, Cg = y.shape[1] // groups, x.shape[1] // groups
     T = v.shape[1]
     tw, th = _ceil_div(y.shape[3], m), _ceil_div(y.shape[2], m)
     run_rows = T // tw
@@ -1246,13 +1271,34 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                     _winograd_input(x, n, g * Cg + c0, c1 - c0, bt, vf, c0 * T, Cg * T, T,
                                     tr0, n_tr, tw, m, pt, pl)
                 for ab in prange(alpha2):
-                    _gemm(False, False, Kg, nt, Cg, 1, uf, (g * alpha2 + ab) * Kg * Cg, Cg,
-                          vf, ab * Cg * T, T, 0, mmf, ab * Kg * T, T)
+                    u0 = (g * alpha2 + ab) * u.shape[2] * u.shape[3]
+                    if packed:
+                        for kp in range(_ceil_div(Kg, TILE_P)):
+                            for t0 in range(0, nt, TILE_K):
+                                _winograd_tile(vf, ab * Cg * T + t0, T, min(TILE_K, nt - t0),
+                                               uf, u0 + kp * Cg * TILE_P, Cg, mmf,
+                                               (ab * Kg + kp * TILE_P) * T + t0, T,
+                                               min(TILE_P, Kg - kp * TILE_P))
+                    else:
+                        _gemm(False, False, Kg, nt, Cg, 1, uf, u0, Cg, vf, ab * Cg * T, T, 0,
+                              mmf, ab * Kg * T, T)
                 for t in prange(n_threads):
                     k0 = _share(Kg, t, n_threads)
                     k1 = _share(Kg, t + 1, n_threads)
                     _winograd_output(mmf, k0 * T, Kg * T, T, y, b, scale, residual, relu, n,
                                      g * Kg + k0, k1 - k0, at, tr0, n_tr, tw)
+
+
+@pnjit
+def same_bytes(a, b, n_threads):
+    """Whether a and b (uint8, of one length) hold the same bytes: the check before a
+    cached filter transform is reused, the threads comparing a share each."""
+    n = a.shape[0]
+    differ = 0
+    for t in prange(n_threads):
+        for i in range(_share(n, t, n_threads), _share(n, t + 1, n_threads)):
+            differ += a[_u(i)] != b[_u(i)]
+    return differ == 0
 
 
 # ---------------------------------------------------------------------------

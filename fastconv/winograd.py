@@ -99,12 +99,16 @@ def rotated_weights(w, groups):
                                 .reshape(groups * c_per_group, k // groups, *w.shape[2:]))
 
 
-def filter_transform(w, m, groups, rotated=False):
+def filter_transform(w, m, groups, rotated=False, panel=0):
     """``U[g, a*alpha + b, k, c] = (G w[g*Kg + k, c] G^T)[a, b]``, as (groups, alpha^2, Kg, Cg).
 
     With ``rotated``, the weights of the data gradient instead: each group's
     input and output channels swapped and the kernel rotated 180 degrees, so
     that ``dL/dX`` is a Winograd forward pass over ``dL/dY``.
+
+    With a ``panel`` width, packed for the compiled kernels' register tiles:
+    (groups, alpha^2, panels*Cg, panel), panel p holding ``U[g, ab, p*panel + j, c]``
+    at row ``p*Cg + c``, column j, the last panel padded with zeros.
     """
     if rotated:
         w = rotated_weights(w, groups)
@@ -115,8 +119,15 @@ def filter_transform(w, m, groups, rotated=False):
     # kron(G, G) (alpha^2 x 9) with every filter as a column, which BLAS does
     # an order of magnitude faster than 2 x K x C small products
     u = np.kron(g_mat, g_mat) @ w.reshape(k * c_per_group, R * R).T
-    u = u.reshape(alpha * alpha, groups, k // groups, c_per_group)
-    return np.ascontiguousarray(u.transpose(1, 0, 2, 3))
+    u = u.reshape(alpha * alpha, groups, k // groups, c_per_group).transpose(1, 0, 2, 3)
+    if not panel:
+        return np.ascontiguousarray(u)
+    panels = -(-(k // groups) // panel)
+    packed = np.zeros((groups, alpha * alpha, panels, c_per_group, panel), w.dtype)
+    for p in range(panels):
+        block = u[:, :, p * panel:(p + 1) * panel]
+        packed[:, :, p, :, :block.shape[2]] = block.transpose(0, 1, 3, 2)
+    return packed.reshape(groups, alpha * alpha, panels * c_per_group, panel)
 
 
 class FilterCache:
@@ -126,20 +137,23 @@ class FilterCache:
     transform is computed once. An entry is found by the weight array's
     identity and used only if the array still holds exactly the values it was
     computed from (a compare against a saved copy, far cheaper than the
-    transform), so a weight changed in place never meets a stale transform.
+    transform; the compiled backends compare bytes on their threads), so a
+    weight changed in place never meets a stale transform.
     """
 
     def __init__(self, size=64):
         self.size = size
         self._entries = {}
 
-    def get(self, w, m, groups, rotated=False):
-        key = (id(w), w.shape, w.dtype.str, m, groups, rotated)
+    def get(self, w, m, groups, rotated=False, panel=0, same=np.array_equal):
+        """``filter_transform(w, m, groups, rotated, panel)``, computed or reused where
+        ``same(saved copy, w)``."""
+        key = (id(w), w.shape, w.dtype.str, m, groups, rotated, panel)
         entry = self._entries.pop(key, None)
-        if entry is not None and np.array_equal(entry[0], w):
+        if entry is not None and same(entry[0], w):
             self._entries[key] = entry          # most recently used last
             return entry[1]
-        u = filter_transform(w, m, groups, rotated)
+        u = filter_transform(w, m, groups, rotated, panel)
         self._entries[key] = (w.copy(), u)
         while len(self._entries) > self.size:
             self._entries.pop(next(iter(self._entries)))

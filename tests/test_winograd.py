@@ -125,3 +125,81 @@ def test_runs_of_single_tile_rows(monkeypatch, backend, algo):
     dy = rng.standard_normal(y.shape)
     gx = fc.conv2d_backward(dy, x, w, padding=1, algorithm=algo, backend=backend)[0]
     assert rel_err(gx, oracle.conv2d_backward(dy, x, w, *args)[0]) <= 1e-10
+
+
+def test_packed_filter_transform_holds_panels_of_output_channels():
+    from fastconv.winograd import filter_transform
+
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((70, 3, 3, 3))          # 2 groups of 35 output channels
+    plain = filter_transform(w, 4, 2)               # (2, 36, 35, 3)
+    packed = filter_transform(w, 4, 2, panel=32)    # (2, 36, 2*3, 32)
+    assert packed.shape == (2, 36, 6, 32)
+    for p in range(2):
+        block = packed[:, :, p * 3:(p + 1) * 3]     # (g, ab, c, j) = U[g, ab, 32p + j, c]
+        n = min(32, 35 - 32 * p)
+        assert np.array_equal(block[..., :n], plain[:, :, 32 * p:32 * p + n].swapaxes(2, 3))
+        assert not block[..., n:].any()             # the last panel's padding
+
+
+@pytest.mark.parametrize("backend,algo", [c for c in CASES if c[0] != "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_and_register_tile_products_agree(monkeypatch, backend, algo, dtype):
+    """The alpha^2 products run through BLAS on long runs of tiles and in register tiles
+    of packed panels on short ones: both, forced on one call, against the oracle, with
+    a partial last panel (35 output channels per group), fewer channels than a tile
+    has tiles (3), and tile counts that are not multiples of a register tile's."""
+    from fastconv.backends import _compiled
+
+    rng = np.random.default_rng(9)
+    tol = 1e-10 if dtype == np.float64 else TOLERANCE[np.float32, algo]
+    for shape, k, groups, h, wd in [((2, 6, 3, 3), 70, 2, 13, 11), ((1, 9, 3, 3), 3, 1, 5, 22)]:
+        x = rng.standard_normal((shape[0], shape[1], h, wd))
+        w = rng.standard_normal((k, shape[1] // groups, 3, 3))
+        b = rng.standard_normal(k)
+        args = ((1, 1), (1, 1, 1, 1), (1, 1), groups)
+        ref = oracle.conv2d(x, w, b, *args)
+        dy = rng.standard_normal(ref.shape)
+        gx_ref = oracle.conv2d_backward(dy, x, w, *args)[0]
+        for least in (0, 10 ** 9):                  # every run through BLAS, then none
+            monkeypatch.setattr(_compiled, "WINOGRAD_BLAS_TILES", least)
+            xs, ws, bs, dys = (a.astype(dtype) for a in (x, w, b, dy))
+            y = fc.conv2d(xs, ws, bs, padding=1, groups=groups, algorithm=algo, backend=backend)
+            assert rel_err(y, ref) <= tol
+            gx = fc.conv2d_backward(dys, xs, ws, padding=1, groups=groups, algorithm=algo,
+                                    backend=backend)[0]
+            assert rel_err(gx, gx_ref) <= tol
+
+
+KERNEL_MODULES = {"cython": "fastconv._kernels", "numba": "fastconv._numba_kernels"}
+
+
+@pytest.mark.parametrize("backend", [b for b in KERNEL_MODULES if b in fc.available_backends()])
+def test_same_bytes_finds_a_flipped_bit_anywhere(backend):
+    """The compiled check before a cached filter transform is reused: one flipped bit
+    at either end, in the middle or at a boundary between the threads' shares."""
+    import importlib
+
+    same_bytes = importlib.import_module(KERNEL_MODULES[backend]).same_bytes
+    rng = np.random.default_rng(10)
+    for n in (0, 1, 7, 1000, 4097):
+        a = rng.integers(0, 256, n, dtype=np.uint8)
+        for threads in (1, 2, 3):
+            assert same_bytes(a, a.copy(), threads)
+            for pos in {0, n // 3, n // 2, 2 * n // 3, n - 1} if n else ():
+                b = a.copy()
+                b[pos] ^= 1 << (pos % 8)
+                assert not same_bytes(a, b, threads), (n, threads, pos)
+
+
+@pytest.mark.parametrize("backend,algo", CASES)
+def test_one_weight_changed_in_place_gives_the_new_result(backend, algo):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 6, 10, 10)).astype(np.float32)
+    w = rng.standard_normal((40, 6, 3, 3)).astype(np.float32)
+    fc.conv2d(x, w, padding=1, algorithm=algo, backend=backend)
+    w[-1, -1, -1, -1] *= -1                     # its sign bit: the array's last byte
+    y = fc.conv2d(x, w, padding=1, algorithm=algo, backend=backend)
+    ref = oracle.conv2d(x.astype(np.float64), w.astype(np.float64), None, (1, 1),
+                        (1, 1, 1, 1), (1, 1), 1)
+    assert rel_err(y, ref) <= TOLERANCE[np.float32, algo]

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS, rotated_weights
 from . import kernel_blas_single_threaded
-from ._workspace import (direct_channel_parts, direct_row_width, direct_workspace,
-                         im2col_workspace, output_channel_parts, per_image_gradients,
-                         whole_rows, winograd_workspace)
+from ._workspace import (WINOGRAD_BLAS_TILES, direct_channel_parts, direct_row_width,
+                         direct_workspace, im2col_workspace, output_channel_parts,
+                         per_image_gradients, whole_rows, winograd_workspace)
 
 
 def _epilogue_args(y, scale, residual, relu):
@@ -128,22 +128,27 @@ def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
     """
     alpha = m + R - 1
 
-    def run(x, u, b, y, pt, pl, groups, n_threads, scale=None, residual=None, relu=False):
+    def run(x, w, rotated, b, y, pt, pl, groups, n_threads, scale=None, residual=None,
+            relu=False):
         _, bt, at = TRANSFORMS[m].matrices(x.dtype)
-        v, mm = winograd_workspace(alpha, u.shape[3], u.shape[2], -(-y.shape[2] // m),
-                                   -(-y.shape[3] // m), x.dtype)
+        v, mm = winograd_workspace(alpha, x.shape[1] // groups, y.shape[1] // groups,
+                                   -(-y.shape[2] // m), -(-y.shape[3] // m), x.dtype)
+        packed = v.shape[1] < WINOGRAD_BLAS_TILES
+        u = FILTERS.get(w, m, groups, rotated, kernels.WINOGRAD_PANEL if packed else 0,
+                        lambda saved, now: kernels.same_bytes(
+                            saved.reshape(-1).view(np.uint8), now.reshape(-1).view(np.uint8),
+                            n_threads))
         with kernel_blas_single_threaded():
             kernels.conv2d_fwd_winograd(x, u, b, y, *_epilogue_args(y, scale, residual, relu),
-                                        bt, at, v, mm, R, R, 1, 1, pt, pl, 1, 1, groups,
-                                        n_threads)
+                                        bt, at, v, mm, packed, R, R, 1, 1, pt, pl, 1, 1,
+                                        groups, n_threads)
 
     def forward(x, w, b, y, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads, scale=None,
                 residual=None, relu=False):
-        run(x, FILTERS.get(w, m, groups), b, y, pt, pl, groups, n_threads, scale, residual, relu)
+        run(x, w, False, b, y, pt, pl, groups, n_threads, scale, residual, relu)
 
     def backward_data(dy, w, dx, kh, kw, sh, sw, pt, pl, dh, dw, groups, n_threads):
-        u = FILTERS.get(w, m, groups, rotated=True)
-        run(dy, u, np.zeros(dx.shape[1], dx.dtype), dx, R - 1 - pt, R - 1 - pl, groups,
+        run(dy, w, True, np.zeros(dx.shape[1], dx.dtype), dx, R - 1 - pt, R - 1 - pl, groups,
             n_threads)
 
     forward.__name__ = f"conv2d_fwd_winograd{m}"

@@ -19,6 +19,17 @@ import numpy as np
 CACHE_BLOCK = 1 << 20
 WINOGRAD_CACHE = 2 << 20     # a core's L2 here
 WINOGRAD_TILES = 256
+# Winograd's alpha^2 products over runs of fewer tiles than this take register
+# tiles over transformed filters packed in panels (the kernels' _winograd_tile),
+# not BLAS, which packs U afresh at every call and on a few tiles spends about
+# as long on that as on the product. One thread, 36 products (512x512)(512xT)
+# in a C prototype of the tile against OpenBLAS: T=4 1.7-1.9 against 3.3-4.0 ms,
+# T=16 2.9 against 4.4-4.7; even at T=64 (103 against 98 GFLOP/s); OpenBLAS
+# ahead at T=256 (130 against 103). The whole kernel, 2 threads, F(4x4),
+# Cython / Numba, ms: 512 channels at 14x14 (T=16) 2.55 -> 2.03-2.11 / 2.55 ->
+# 1.90, at 7x7 1.71-1.77 -> 1.11-1.14 / 1.88 -> 1.08, 256 at 14x14 0.76-0.77 ->
+# 0.65-0.67 / 0.84 -> 0.69; 512 at 28x28 (T=49) 6.26 by BLAS, 6.40 packed.
+WINOGRAD_BLAS_TILES = 32
 WHOLE_ROWS_BELOW = 32
 DIRECT_ACC = 4096
 WEIGHT_HEAVY = 4
