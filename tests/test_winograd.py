@@ -142,11 +142,20 @@ def test_packed_filter_transform_holds_panels_of_output_channels():
         assert not block[..., n:].any()             # the last panel's padding
 
 
+def test_register_tiles_take_short_runs_over_a_mib_of_filters_per_product():
+    from fastconv.backends._workspace import winograd_packed
+
+    assert winograd_packed(4, 512, 512, 4) and winograd_packed(49, 512, 512, 4)
+    assert not winograd_packed(64, 512, 512, 4)         # long runs: BLAS
+    assert not winograd_packed(16, 448, 448, 4)         # 0.77 MiB: BLAS
+    assert winograd_packed(16, 512, 256, 8) and not winograd_packed(16, 512, 256, 4)
+
+
 @pytest.mark.parametrize("backend,algo", [c for c in CASES if c[0] != "numpy"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_blas_and_register_tile_products_agree(monkeypatch, backend, algo, dtype):
-    """The alpha^2 products run through BLAS on long runs of tiles and in register tiles
-    of packed panels on short ones: both, forced on one call, against the oracle, with
+    """The alpha^2 products run through BLAS or in register tiles over packed panels
+    (``winograd_packed``): both, forced on one call, against the oracle, with
     a partial last panel (35 output channels per group), fewer channels than a tile
     has tiles (3), and tile counts that are not multiples of a register tile's."""
     from fastconv.backends import _compiled
@@ -161,8 +170,8 @@ def test_blas_and_register_tile_products_agree(monkeypatch, backend, algo, dtype
         ref = oracle.conv2d(x, w, b, *args)
         dy = rng.standard_normal(ref.shape)
         gx_ref = oracle.conv2d_backward(dy, x, w, *args)[0]
-        for least in (0, 10 ** 9):                  # every run through BLAS, then none
-            monkeypatch.setattr(_compiled, "WINOGRAD_BLAS_TILES", least)
+        for packed in (False, True):
+            monkeypatch.setattr(_compiled, "winograd_packed", lambda *args: packed)
             xs, ws, bs, dys = (a.astype(dtype) for a in (x, w, b, dy))
             y = fc.conv2d(xs, ws, bs, padding=1, groups=groups, algorithm=algo, backend=backend)
             assert rel_err(y, ref) <= tol

@@ -11,9 +11,9 @@ import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS, rotated_weights
 from . import kernel_blas_single_threaded
-from ._workspace import (WINOGRAD_BLAS_TILES, direct_channel_parts, direct_row_width,
-                         direct_workspace, im2col_workspace, output_channel_parts,
-                         per_image_gradients, whole_rows, winograd_workspace)
+from ._workspace import (direct_channel_parts, direct_row_width, direct_workspace,
+                         im2col_workspace, output_channel_parts, per_image_gradients,
+                         whole_rows, winograd_packed, winograd_workspace)
 
 
 def _epilogue_args(y, scale, residual, relu):
@@ -131,9 +131,10 @@ def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
     def run(x, w, rotated, b, y, pt, pl, groups, n_threads, scale=None, residual=None,
             relu=False):
         _, bt, at = TRANSFORMS[m].matrices(x.dtype)
-        v, mm = winograd_workspace(alpha, x.shape[1] // groups, y.shape[1] // groups,
-                                   -(-y.shape[2] // m), -(-y.shape[3] // m), x.dtype)
-        packed = v.shape[1] < WINOGRAD_BLAS_TILES
+        c_per_group, k_per_group = x.shape[1] // groups, y.shape[1] // groups
+        v, mm = winograd_workspace(alpha, c_per_group, k_per_group, -(-y.shape[2] // m),
+                                   -(-y.shape[3] // m), x.dtype)
+        packed = winograd_packed(v.shape[1], k_per_group, c_per_group, x.dtype.itemsize)
         u = FILTERS.get(w, m, groups, rotated, kernels.WINOGRAD_PANEL if packed else 0,
                         lambda saved, now: kernels.same_bytes(
                             saved.reshape(-1).view(np.uint8), now.reshape(-1).view(np.uint8),

@@ -19,17 +19,6 @@ import numpy as np
 CACHE_BLOCK = 1 << 20
 WINOGRAD_CACHE = 2 << 20     # a core's L2 here
 WINOGRAD_TILES = 256
-# Winograd's alpha^2 products over runs of fewer tiles than this take register
-# tiles over transformed filters packed in panels (the kernels' _winograd_tile),
-# not BLAS, which packs U afresh at every call and on a few tiles spends about
-# as long on that as on the product. One thread, 36 products (512x512)(512xT)
-# in a C prototype of the tile against OpenBLAS: T=4 1.7-1.9 against 3.3-4.0 ms,
-# T=16 2.9 against 4.4-4.7; even at T=64 (103 against 98 GFLOP/s); OpenBLAS
-# ahead at T=256 (130 against 103). The whole kernel, 2 threads, F(4x4),
-# Cython / Numba, ms: 512 channels at 14x14 (T=16) 2.55 -> 2.03-2.11 / 2.55 ->
-# 1.90, at 7x7 1.71-1.77 -> 1.11-1.14 / 1.88 -> 1.08, 256 at 14x14 0.76-0.77 ->
-# 0.65-0.67 / 0.84 -> 0.69; 512 at 28x28 (T=49) 6.26 by BLAS, 6.40 packed.
-WINOGRAD_BLAS_TILES = 32
 WHOLE_ROWS_BELOW = 32
 DIRECT_ACC = 4096
 WEIGHT_HEAVY = 4
@@ -222,6 +211,30 @@ def winograd_workspace(alpha, c_per_group, k_per_group, tiles_h, tiles_w, dtype)
     v_size, m_size = alpha * alpha * c_per_group * t, alpha * alpha * k_per_group * t
     flat = _kept_buffer((v_size + m_size) * itemsize).view(dtype)
     return flat[:v_size].reshape(-1, t), flat[v_size:].reshape(-1, t)
+
+
+def winograd_packed(tiles, k_per_group, c_per_group, itemsize):
+    """Whether Winograd's alpha^2 products over runs of ``tiles`` tiles take the
+    kernels' register tiles over transformed filters packed in panels, rather than
+    BLAS: on runs of fewer than 64 tiles where one product's filters, (Kg, Cg), take
+    a MiB or more.
+
+    BLAS packs its operand U afresh at every call; with a MiB of it, the packing
+    and its copy fill a core's 2 MiB L2, and on a few tiles cost about as much as
+    the product. Measured, Cython, 2 threads, F(4x4), kernel alone, BLAS against
+    the tiles (ms, warm / caches flushed): 512 channels at 7x7 (4 tiles) 1.70 /
+    3.69-3.76 against 1.08-1.09 / 2.81-2.82, at 14x14 (16) 2.31 / 4.55-4.68 against
+    1.89-2.02 / 3.83-3.86, at 28x28 (49) 6.26-6.40 / 8.99 against 6.11-6.40 / 7.83
+    (Numba 5.71 / 7.96 against 5.10 / 7.43). With smaller filters BLAS's packed
+    copy stays in L2 and its own kernel is the faster: 448 channels at 7x7 0.80-0.81
+    / 1.82-1.89 against 0.88-0.89 / 2.25-2.29, 256 at 7x7 0.36-0.41 / 0.74-0.81
+    against 0.37-0.42 / 0.94-0.98, 128 at 14x14 0.21 / 0.56-0.66 against 0.23-0.24
+    / 0.54-0.69; of the smaller cases only 256 at 14x14 went to the tiles, 0.72-0.78
+    against 0.66-0.70 warm and about even flushed (1.19-1.44 against 1.20-1.35).
+    With 64 tiles and more BLAS's packing is amortised (at 256, one thread, 130
+    against 103 GFLOP/s in a C prototype of the tile).
+    """
+    return tiles < 64 and k_per_group * c_per_group * itemsize >= 1 << 20
 
 
 _kept = threading.local()
