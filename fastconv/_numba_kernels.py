@@ -1274,10 +1274,11 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                     u0 = (g * alpha2 + ab) * u.shape[2] * u.shape[3]
                     if packed:
                         for kp in range(_ceil_div(Kg, TILE_P)):
-                            for t0 in range(0, nt, TILE_K):
-                                _winograd_tile(vf, ab * Cg * T + t0, T, min(TILE_K, nt - t0),
+                            for t0 in range(_ceil_div(nt, TILE_K)):
+                                _winograd_tile(vf, ab * Cg * T + t0 * TILE_K, T,
+                                               min(TILE_K, nt - t0 * TILE_K),
                                                uf, u0 + kp * Cg * TILE_P, Cg, mmf,
-                                               (ab * Kg + kp * TILE_P) * T + t0, T,
+                                               (ab * Kg + kp * TILE_P) * T + t0 * TILE_K, T,
                                                min(TILE_P, Kg - kp * TILE_P))
                     else:
                         _gemm(False, False, Kg, nt, Cg, 1, uf, u0, Cg, vf, ab * Cg * T, T, 0,
