@@ -39,6 +39,16 @@ cdef extern from *:
     """
     ctypedef void noinline_void "fastconv_noinline_void"
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__)
+    #define fastconv_prefetch(p) __builtin_prefetch((p), 0, 2)
+    #else
+    #define fastconv_prefetch(p) ((void)(p))
+    #endif
+    """
+    void _prefetch "fastconv_prefetch"(const void* p) noexcept nogil
+
 
 def openmp_threads(int n_threads):
     """How many threads a parallel region asked for ``n_threads`` really ran on.
@@ -1229,11 +1239,13 @@ cdef void _winograd_output(const floating* mm, Py_ssize_t plane, Py_ssize_t ld,
 
 cdef noinline_void _winograd_tile(const floating* v, Py_ssize_t ldv, Py_ssize_t n_t,
                                   const floating* panel, Py_ssize_t n_c, floating* mm,
-                                  Py_ssize_t ldm, Py_ssize_t n_k) noexcept nogil:
+                                  Py_ssize_t ldm, Py_ssize_t n_k,
+                                  const floating* ahead) noexcept nogil:
     """mm[k*ldm + t] = sum over c < n_c of panel[c*TILE_P + k] * v[c*ldv + t], for t < n_t
     and k < n_k of a register tile of TILE_K tiles by TILE_P output channels (_tile's
     shape, its roles turned: the channels run along the vector lanes, the tiles are
-    broadcast). Tiles past n_t repeat tile n_t - 1 and are not stored."""
+    broadcast). Tiles past n_t repeat tile n_t - 1 and are not stored. Row c of the
+    panel ``ahead`` (unless NULL) is prefetched into L2 alongside row c of this one."""
     cdef floating acc[TILE_K][TILE_P]
     cdef Py_ssize_t col[TILE_K]
     cdef const floating* vc
@@ -1246,6 +1258,9 @@ cdef noinline_void _winograd_tile(const floating* v, Py_ssize_t ldv, Py_ssize_t 
     for c in range(n_c):
         vc = v + c * ldv
         uc = panel + c * TILE_P
+        if ahead != NULL:
+            for k in range(TILE_P * sizeof(floating) // 64):     # its cache lines
+                _prefetch(ahead + c * TILE_P + k * (64 // sizeof(floating)))
         for t in range(TILE_K):
             for k in range(TILE_P):
                 acc[t][k] += vc[col[t]] * uc[k]
@@ -1279,6 +1294,9 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     then the output channels of the output transform. A GEMM runs through BLAS,
     or, packed, in register tiles (_winograd_tile) that read U's panels of
     TILE_P output channels, (Cg, TILE_P) each, the last one padded with zeros.
+    A panel's first pass streams it from memory at the pace of its multiply-adds;
+    its later passes (and the only one, on up to TILE_K tiles) prefetch the next
+    panel, so that memory stays busy while they compute from cache.
     """
     cdef Py_ssize_t m = at.shape[0], alpha2 = u.shape[1]
     cdef Py_ssize_t Kg = y.shape[1] // groups, Cg = x.shape[1] // groups
@@ -1307,7 +1325,10 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                                                    min(TILE_K, nt - t0 * TILE_K),
                                                    &u[g, ab, kp * Cg, 0], Cg,
                                                    &mm[ab * Kg + kp * TILE_P, t0 * TILE_K], T,
-                                                   min(TILE_P, Kg - kp * TILE_P))
+                                                   min(TILE_P, Kg - kp * TILE_P),
+                                                   &u[g, ab, (kp + 1) * Cg, 0]
+                                                   if (t0 > 0 or nt <= TILE_K) and
+                                                   (kp + 2) * Cg <= u.shape[2] else NULL)
                         else:
                             _gemm(False, False, Kg, nt, Cg, 1, &u[g, ab, 0, 0], Cg,
                                   &v[ab * Cg, 0], T, 0, &mm[ab * Kg, 0], T)

@@ -816,6 +816,29 @@ def _splat(builder, vector, value):
 
 
 @intrinsic
+def _prefetch_row(typingctx, x, i):
+    """Fetch the cache lines of x[i:i + TILE_P] into L2 ahead of their use (a hint:
+    no effect on any value; prefetcht1, as gcc's __builtin_prefetch in the Cython
+    twin). The lines are counted here, at compile time, from x's dtype."""
+    def codegen(context, builder, sig, args):
+        first = builder.gep(make_array(x)(context, builder, args[0]).data, [args[1]])
+        i32 = llvmlite.ir.IntType(32)
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, llvmlite.ir.FunctionType(llvmlite.ir.VoidType(),
+                                                     [first.type, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        step = 64 // (x.dtype.bitwidth // 8)
+        for line in range(0, TILE_P, step):
+            item = builder.gep(first, [llvmlite.ir.Constant(llvmlite.ir.IntType(64), line)])
+            # a read (0), kept in L2 (locality 2), of data (1)
+            builder.call(prefetch, [item, llvmlite.ir.Constant(i32, 0),
+                                    llvmlite.ir.Constant(i32, 2), llvmlite.ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return numba.types.void(x, i), codegen
+
+
+@intrinsic
 def _fill_row(typingctx, acc, a, v):
     """acc[a:a + TILE_P] = v."""
     def codegen(context, builder, sig, args):
@@ -1211,16 +1234,20 @@ def _winograd_output(mm, mm0, plane, ld, y, bias, scale, residual, relu, n, k0, 
 
 
 @njit
-def _winograd_tile(v, v0, ldv, n_t, u, u0, n_c, mm, m0, ldm, n_k):
+def _winograd_tile(v, v0, ldv, n_t, u, u0, n_c, mm, m0, ldm, n_k, ahead):
     """mm[m0 + k*ldm + t] = sum over c < n_c of u[u0 + c*TILE_P + k] * v[v0 + c*ldv + t],
     for t < n_t and k < n_k of a register tile of TILE_K tiles by TILE_P output channels
     (_tile's shape, its roles turned: the channels run along the vector lanes, the tiles
-    are broadcast). Tiles past n_t repeat tile n_t - 1 and are not stored."""
+    are broadcast). Tiles past n_t repeat tile n_t - 1 and are not stored. Row c of the
+    panel at u[ahead] (unless ahead < 0) is prefetched into L2 alongside row c of this
+    one."""
     acc = _tile_array(u)
     for t in range(TILE_K):
         _fill_row(acc, t * TILE_P, 0)
     for c in range(n_c):
         vc = v0 + c * ldv
+        if ahead >= 0:
+            _prefetch_row(u, ahead + c * TILE_P)
         for t in range(TILE_K):
             _fma_row(acc, t * TILE_P, u, u0 + c * TILE_P, v[_u(vc + min(t, n_t - 1))])
     for t in range(n_t):
@@ -1252,6 +1279,9 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
     then the output channels of the output transform. A GEMM runs through BLAS,
     or, packed, in register tiles (_winograd_tile) that read U's panels of
     TILE_P output channels, (Cg, TILE_P) each, the last one padded with zeros.
+    A panel's first pass streams it from memory at the pace of its multiply-adds;
+    its later passes (and the only one, on up to TILE_K tiles) prefetch the next
+    panel, so that memory stays busy while they compute from cache.
     """
     m, alpha2 = at.shape[0], u.shape[1]
     Kg, Cg = y.shape[1] // groups, x.shape[1] // groups
@@ -1279,7 +1309,10 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                                                min(TILE_K, nt - t0 * TILE_K),
                                                uf, u0 + kp * Cg * TILE_P, Cg, mmf,
                                                (ab * Kg + kp * TILE_P) * T + t0 * TILE_K, T,
-                                               min(TILE_P, Kg - kp * TILE_P))
+                                               min(TILE_P, Kg - kp * TILE_P),
+                                               u0 + (kp + 1) * Cg * TILE_P
+                                               if (t0 > 0 or nt <= TILE_K) and
+                                               (kp + 2) * Cg <= u.shape[2] else -1)
                     else:
                         _gemm(False, False, Kg, nt, Cg, 1, uf, u0, Cg, vf, ab * Cg * T, T, 0,
                               mmf, ab * Kg * T, T)

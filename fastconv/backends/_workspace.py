@@ -217,24 +217,24 @@ def winograd_packed(tiles, k_per_group, c_per_group, itemsize):
     """Whether Winograd's alpha^2 products over runs of ``tiles`` tiles take the
     kernels' register tiles over transformed filters packed in panels, rather than
     BLAS: on runs of fewer than 64 tiles where one product's filters, (Kg, Cg), take
-    a MiB or more.
+    256 KiB or more (256x256 in float32).
 
-    BLAS packs its operand U afresh at every call; with a MiB of it, the packing
-    and its copy fill a core's 2 MiB L2, and on a few tiles cost about as much as
-    the product. Measured, Cython, 2 threads, F(4x4), kernel alone, BLAS against
-    the tiles (ms, warm / caches flushed): 512 channels at 7x7 (4 tiles) 1.70 /
-    3.69-3.76 against 1.08-1.09 / 2.81-2.82, at 14x14 (16) 2.31 / 4.55-4.68 against
-    1.89-2.02 / 3.83-3.86, at 28x28 (49) 6.26-6.40 / 8.99 against 6.11-6.40 / 7.83
-    (Numba 5.71 / 7.96 against 5.10 / 7.43). With smaller filters BLAS's packed
-    copy stays in L2 and its own kernel is the faster: 448 channels at 7x7 0.80-0.81
-    / 1.82-1.89 against 0.88-0.89 / 2.25-2.29, 256 at 7x7 0.36-0.41 / 0.74-0.81
-    against 0.37-0.42 / 0.94-0.98, 128 at 14x14 0.21 / 0.56-0.66 against 0.23-0.24
-    / 0.54-0.69; of the smaller cases only 256 at 14x14 went to the tiles, 0.72-0.78
-    against 0.66-0.70 warm and about even flushed (1.19-1.44 against 1.20-1.35).
-    With 64 tiles and more BLAS's packing is amortised (at 256, one thread, 130
-    against 103 GFLOP/s in a C prototype of the tile).
+    BLAS packs its operand U afresh at every call, which on a few tiles costs about
+    as much as the product; the tiles read U as it was packed once, and prefetch
+    the next panel while they compute from cache. Measured, 2 threads, F(4x4),
+    kernel alone, BLAS against the tiles (ms, warm / caches flushed), Cython: 512
+    channels at 7x7 (4 tiles) 1.68-1.70 / 3.42-3.54 against 1.02-1.05 / 1.93-2.07,
+    at 14x14 (16) 2.38 / 4.42-4.66 against 1.68-1.85 / 2.98-3.17, at 28x28 (49)
+    5.69-5.76 / 8.03-8.19 against 5.28-5.79 / 6.91-7.59; 448 at 7x7 0.82 / 1.64
+    against 0.83 / 1.44, at 14x14 1.73 / 3.18 against 1.38 / 1.98; 256 at 7x7 0.35 /
+    0.71 against 0.36 / 0.73 (Numba 0.38 / 0.82 against 0.36 / 0.56), at 14x14 0.64 /
+    1.23 against 0.53 / 0.77, at 28x28 1.58 / 2.47 against 1.49 / 2.26. With smaller
+    filters the two tie (128 at 14x14: 0.18 / 0.53 against 0.19 / 0.46; Numba 0.19
+    / 0.54 against 0.19 / 0.44) and BLAS keeps them. With 64 tiles and more BLAS's
+    packing is amortised: 512 at 56x56 (196 tiles) 19.7 / 21.9 against 25.4 / 28.5
+    (tiles without the prefetch).
     """
-    return tiles < 64 and k_per_group * c_per_group * itemsize >= 1 << 20
+    return tiles < 64 and k_per_group * c_per_group * itemsize >= 1 << 18
 
 
 _kept = threading.local()
