@@ -102,9 +102,9 @@ DIRECT_BACKENDS = ("cython", "numba")
 # 20.0 against 13.1 ms in Cython, 23.7 against 14.9 in Numba); F(2x2) lost to
 # F(4x4) from 28x28 up and to im2col below. On 14x14 and 7x7 maps none won;
 # since short runs of tiles multiply in register tiles, a warm F(4x4) call beats
-# direct on VGG-16's conv5_2 (2.39 against 3.26 ms in Cython), but in the
+# direct on VGG-16's conv5_2 (2.14 against 3.26 ms in Cython), but in the
 # model, where its transformed filters (4x the weights) come from memory, VGG-16
-# with F(4x4) on its 14x14 layers ran 97.5 -> 98.5 ms (Cython) and 100.4 -> 105.5
+# with F(4x4) on its 14x14 layers ran 86.0 -> 86.7 ms (Cython) and 92.7 -> 93.2
 # (Numba): those stay direct.
 # At inference the direct kernel is the other contender: it tied or beat
 # F(4x4) on the layers of about 1e8 multiply-adds (64 channels at 56x56,
