@@ -20,7 +20,7 @@ from libc.math cimport INFINITY
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp
-from scipy.linalg.cython_blas cimport dgemm, sgemm
+from scipy.linalg.cython_blas cimport dgemm, dgemv, sgemm, sgemv
 
 import numpy as np
 
@@ -110,6 +110,19 @@ cdef inline void _gemm(bint trans_a, bint trans_b, int m, int n, int k, floating
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*>b, &ldb, <float*>a, &lda, &beta, c, &ldc)
     else:
         dgemm(&tb, &ta, &n, &m, &k, &alpha, <double*>b, &ldb, <double*>a, &lda, &beta, c, &ldc)
+
+
+cdef inline void _row_sums(int rows, int n, floating alpha, const floating* a,
+                           const floating* ones, floating* y) noexcept nogil:
+    """y[r] = alpha * the sum of row r of row-major A (rows x n), for r < rows: BLAS's
+    matrix-vector product of A, read column-major as its transpose, with ones."""
+    cdef char t = b"T"
+    cdef int one = 1
+    cdef floating zero = 0
+    if floating is float:
+        sgemv(&t, &n, &rows, &alpha, <float*>a, &n, <float*>ones, &one, &zero, y, &one)
+    else:
+        dgemv(&t, &n, &rows, &alpha, <double*>a, &n, <double*>ones, &one, &zero, y, &one)
 
 
 # ---------------------------------------------------------------------------
@@ -1436,29 +1449,35 @@ def _tap_runs(Py_ssize_t kw, Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t dw, Py_ssi
     return runs
 
 
-def _avg_factors(Py_ssize_t O, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p, Py_ssize_t size,
-                 bint count_include_pad, Py_ssize_t override, dtype):
-    """The divisor of average pooling factors into a row and a column part, PyTorch's
-    window height and width: clipped to the padded input with count_include_pad, else
-    to the input. Its factor along one axis for each output o, or ``override`` (and 1
-    on the other axis)."""
-    if override:
-        return np.full(O, override, dtype)
-    start = np.arange(O) * s - p
-    end = np.minimum(start + k, size + p)
+cdef inline Py_ssize_t _avg_factor(Py_ssize_t o, Py_ssize_t k, Py_ssize_t s, Py_ssize_t p,
+                                   Py_ssize_t size, bint count_include_pad) noexcept nogil:
+    """A factor of the divisor of average pooling along one axis, PyTorch's window
+    extent for output o: clipped to the padded input with count_include_pad, else to
+    the input."""
+    cdef Py_ssize_t start = o * s - p, end = min(start + k, size + p)
     if not count_include_pad:
-        start, end = np.maximum(start, 0), np.minimum(end, size)
-    return (end - start).astype(dtype)
+        start, end = max(start, 0), min(end, size)
+    return end - start
 
 
-def _avg_divisors(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh,
-                  Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
-                  bint count_include_pad, Py_ssize_t divisor_override, dtype):
-    """The row and column factors of an average pooling's divisor (_avg_factors): what
-    its forward and its gradient share."""
-    return (_avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
-            _avg_factors(OW, kw, sw, pl, W, count_include_pad, 1 if divisor_override else 0,
-                         dtype))
+cdef void _avg_scale(floating* scale, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t H, Py_ssize_t W,
+                     Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                     Py_ssize_t pl, bint count_include_pad,
+                     Py_ssize_t divisor_override) noexcept nogil:
+    """scale[oh*OW + ow] = 1 / the divisor of window (oh, ow): divisor_override, or its
+    height times its width (_avg_factor), rounded once. What an average pooling's
+    forward and its gradient multiply by."""
+    cdef double* widths = <double*> malloc(OW * sizeof(double))
+    cdef double height
+    cdef Py_ssize_t oh, ow
+    for ow in range(OW):
+        widths[ow] = 1 if divisor_override else _avg_factor(ow, kw, sw, pl, W, count_include_pad)
+    for oh in range(OH):
+        height = divisor_override if divisor_override \
+            else _avg_factor(oh, kh, sh, pt, H, count_include_pad)
+        for ow in range(OW):
+            scale[oh * OW + ow] = <floating> (1 / (height * widths[ow]))
+    free(widths)
 
 
 cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py_ssize_t lo,
@@ -1478,19 +1497,27 @@ cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py
 
 
 # A stride-1 window (dilation 1) is separable and the plane is small enough to
-# take whole: padded once into a plane of Wp = OW + kw - 1 columns, a tap is
-# then the same flat shift for every window, p -> p + i*Wp + j, so a pass over
-# the whole plane reduces each row's kw taps, and a second pass the kh rows,
-# with the padded columns computed and dropped. Row by row, each tap was a loop
-# of OW, whose setup cost more than its work on GoogLeNet's and Inception v3's
-# 3x3 poolings of 7x7 to 35x35 maps. In-process A/B, 2 threads, ms: max (values)
-# on 480x14x14 0.41-0.44 -> 0.08 (Cython), 0.20-0.24 -> 0.06 (Numba), on
-# 832x7x7 0.53-0.56 -> 0.07 / 0.16-0.19 -> 0.06; average on 768x17x17
-# 0.40 -> 0.14-0.16 / 0.32-0.33 -> 0.13-0.16; on 64x112x112 max 0.70-0.80 ->
-# 0.46-0.51 / 0.40-0.52 -> 0.42-0.56, average 0.53-0.56 -> 0.48-0.56 / the same.
+# take whole: each output row's column sums (or maxima) of its kh input rows
+# come first, and where all kh rows lie inside the input the rows below each
+# other are one flat pass over the plane, tap i the flat shift i*W. A flat pass
+# over those columns, tap j the shift j, then takes every window's kw columns,
+# the windows at the row ends (which that shift carries into the next row)
+# recomputed on their own, clipped to the input; the padding needs no copy of
+# the plane, and where the output is as wide as the input (the usual padding of
+# (k - 1)/2) the pass writes the output plane itself. Row by row, each tap was a
+# loop of OW, whose setup cost more than its work on GoogLeNet's and Inception
+# v3's 3x3 poolings of 7x7 to 35x35 maps (max on 480x14x14 0.41-0.44 ms, Cython).
+# The padded plane that came next (copied in, reduced flat, copied out by rows)
+# against these flat passes, in-process A/B, 2 threads, us, Cython / Numba:
+# average 192x35x35 89-108 -> 48-58 / 97-101 -> 53-66, 768x17x17 104-111 ->
+# 66-74 / 133-137 -> 74-83; max 480x14x14 52-57 -> 41-45 / 62-71 -> 41-45,
+# 64x112x112 273-292 -> 184-210 / 306-313 -> 173-181, 832x7x7 unchanged (44-57).
 # The average's gradient is such a window sum too (of dL/dY / divisor, padded by
-# k - 1 - p): 192x35x35 0.26 -> 0.15 / 0.21 -> 0.14, 768x17x17 0.52 -> 0.16 /
-# 0.32 -> 0.17, 64x112x112 0.58 -> 0.52 / 0.45 -> 0.49.
+# k - 1 - p): 192x35x35 102-113 -> 48-51 / 126-128 -> 51-55.
+#
+# The average multiplies by the divisor's reciprocal, one plane of them for the
+# call: a division (vdivps) costs ten times a multiplication, and took a quarter
+# of the 192x35x35 average's time; the product is within an ulp of the quotient.
 
 cdef inline bint _whole_planes(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
                                Py_ssize_t dw) noexcept nogil:
@@ -1541,31 +1568,60 @@ cdef inline void _flat_taps(const floating* src, Py_ssize_t stride, Py_ssize_t s
             dst[p] = _pool2(acc, s[p * stride + 2 * step], is_max)
 
 
+cdef void _edge_windows(const floating* cols, Py_ssize_t P, Py_ssize_t W, Py_ssize_t OH,
+                        Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t kw, Py_ssize_t pl,
+                        bint is_max, floating* z) noexcept nogil:
+    """z[oh*P + ow] = the maximum or sum, in order, of cols[oh*P + ow - pl + j] over
+    j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows."""
+    cdef Py_ssize_t ow, oh, j, j0, j1
+    cdef floating acc
+    for ow in range(ow0, ow1):
+        j0 = max(0, pl - ow)
+        j1 = min(kw, W + pl - ow)
+        for oh in range(OH):
+            acc = cols[oh * P + ow - pl + j0]
+            for j in range(j0 + 1, j1):
+                acc = _pool2(acc, cols[oh * P + ow - pl + j], is_max)
+            z[oh * P + ow] = acc
+
+
 cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
                            Py_ssize_t pt, Py_ssize_t pl, floating fill, bint is_max,
-                           floating* buf) noexcept nogil:
-    """buf[oh*Wp + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
-    with fill, stride 1, Wp = OW + kw - 1; buf holds 2*(OH + kh - 1)*Wp values."""
-    cdef Py_ssize_t Wp = OW + kw - 1, Hp = OH + kh - 1, r, s, ih, s1
-    cdef floating* d
-    cdef floating* rows = buf + Hp * Wp
-    s1 = min(Wp, pl + W)
-    for r in range(Hp):
-        ih = r - pt
-        d = buf + r * Wp
-        if ih < 0 or ih >= H:
-            for s in range(Wp):
-                d[s] = fill
-        else:
-            for s in range(pl):
-                d[s] = fill
-            for s in range(pl, s1):
-                d[s] = plane[ih * W + s - pl]
-            for s in range(s1, Wp):
-                d[s] = fill
-    _flat_taps(buf, 1, 1, kw, rows, Hp * Wp - kw + 1, is_max)
-    _flat_taps(rows, 1, Wp, kh, buf, (OH - 1) * Wp + OW, is_max)
+                           const floating* scale, floating* buf, floating* out) noexcept nogil:
+    """out[oh*OW + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
+    with fill (pt, pl <= kh - 1, kw - 1), stride 1, times scale[oh*OW + ow] unless scale
+    is NULL; buf holds 2*(OH*P + kw) values, P = max(W, OW)."""
+    cdef Py_ssize_t P = max(W, OW), L = OH * P, r0 = pt, r1 = min(OH, H - kh + 1 + pt)
+    cdef Py_ssize_t oh, ow, i0, i1, s, b
+    cdef floating* cols = buf + pl         # OH rows of P: each row's kh input rows pooled
+    cdef floating* z = out if OW == P else buf + L + kw
+    for s in range(-pl, 0):
+        cols[s] = fill
+    for s in range(L, L + kw - 1 - pl):
+        cols[s] = fill
+    if P == W and r1 > r0:      # rows r0 .. r1-1 flat, the others on their own
+        _flat_taps(plane + (r0 - pt) * W, 1, W, kh, cols + r0 * W, (r1 - r0) * W, is_max)
+    else:
+        r0 = r1 = 0
+    for b in range(OH - (r1 - r0)):
+        oh = b if b < r0 else b + r1 - r0
+        i0 = max(0, pt - oh)
+        i1 = min(kh, H + pt - oh)
+        _flat_taps(plane + (oh - pt + i0) * W, 1, W, i1 - i0, cols + oh * P, W, is_max)
+        for s in range(W, P):
+            cols[oh * P + s] = fill
+    _flat_taps(cols - pl, 1, 1, kw, z, L, is_max)
+    _edge_windows(cols, P, W, OH, 0, min(pl, OW), kw, pl, is_max, z)
+    _edge_windows(cols, P, W, OH, max(pl, W - kw + 1 + pl), OW, kw, pl, is_max, z)
+    if z != out:
+        for oh in range(OH):
+            for ow in range(OW):
+                out[oh * OW + ow] = z[oh * P + ow] if scale == NULL \
+                    else z[oh * P + ow] * scale[oh * OW + ow]
+    elif scale != NULL:
+        for s in range(OH * OW):
+            out[s] = out[s] * scale[s]
 
 
 # A strided window is separable too, but its rows are not a flat shift of each
@@ -1611,20 +1667,23 @@ cdef void _strided_windows(const floating* plane, Py_ssize_t W, Py_ssize_t oh0,
 cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
-                      const floating* row_div, const floating* col_div, bint backward,
-                      int n_threads) noexcept nogil:
+                      const floating* scale, bint backward, int n_threads) noexcept nogil:
     """Pooling a plane at a time, a share of the planes per thread: dst's windows of
-    src, the maximum (values only; row_div NULL) or the average, window (oh, ow)
-    divided by row_div[oh]*col_div[ow]. Backward (stride 1, dilation 1), the
-    average's gradient: src (dL/dY) divided first, then each input pixel sums the
-    windows that cover it, which at stride 1 form a window of the same size, padded
-    by kh - 1 - pt and kw - 1 - pl."""
-    cdef bint is_max = row_div == NULL, whole = _whole_planes(sh, sw, dh, dw)
+    src, the maximum (values only; scale NULL) or the average, window (oh, ow) times
+    scale[oh*OW + ow], the divisor's reciprocal (_avg_scale). Backward (stride 1,
+    dilation 1), the average's gradient: src (dL/dY) scaled first (scale then has
+    src's plane shape), then each input pixel sums the windows that cover it, which
+    at stride 1 form a window of the same size, padded by kh - 1 - pt and kw - 1 - pl."""
+    cdef bint is_max = scale == NULL, whole = _whole_planes(sh, sw, dh, dw)
     cdef Py_ssize_t C = src.shape[1], IH = src.shape[2], IW = src.shape[3]
     cdef Py_ssize_t OH = dst.shape[2], OW = dst.shape[3]
-    cdef Py_ssize_t Wp = OW + kw - 1 if whole else _strided_pitch(OW, kw, sw, dw)
+    cdef Py_ssize_t Wp = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
     cdef Py_ssize_t band = OH if whole else max(1, min(OH, POOL_BAND // (Wp * (1 + sw))))
-    cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow, b, oh0, oh1
+    cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow, b, oh0, oh1, i
+    cdef Py_ssize_t qt = kh - 1 - pt if backward else pt, ql = kw - 1 - pl if backward else pl
+    cdef floating fill = -INFINITY if is_max else 0
+    cdef const floating* windows_scale = NULL if backward else scale
+    cdef const floating* windows_src
     cdef floating* buf
     cdef floating* shares
     cdef Py_ssize_t* rows = NULL
@@ -1634,31 +1693,30 @@ cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] d
             rows[2 * oh] = _first_tap(oh * sh - pt, dh, kh)
             rows[2 * oh + 1] = _end_tap(oh * sh - pt, dh, kh, IH)
     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-        buf = <floating*> malloc((2 * (OH + kh - 1) * Wp if whole else band * Wp * (1 + sw))
+        buf = <floating*> malloc((2 * (OH * Wp + kw) if whole else band * Wp * (1 + sw))
                                  * sizeof(floating))
         shares = <floating*> malloc((IH * IW if backward else 1) * sizeof(floating))
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
             n = plane // C
             c = plane % C
+            windows_src = &src[n, c, 0, 0]
             if backward:
-                for oh in range(IH):
-                    for ow in range(IW):
-                        shares[oh * IW + ow] = src[n, c, oh, ow] / (row_div[oh] * col_div[ow])
-                _stride1_windows(shares, IH, IW, OH, OW, kh, kw, kh - 1 - pt, kw - 1 - pl, 0,
-                                 False, buf)
-            elif whole:
-                _stride1_windows(&src[n, c, 0, 0], IH, IW, OH, OW, kh, kw, pt, pl,
-                                 -INFINITY if is_max else 0, is_max, buf)
-            for b in range(_ceil_div(OH, band)):
-                oh0 = b * band
-                oh1 = min(OH, oh0 + band)
-                if not whole:
-                    _strided_windows(&src[n, c, 0, 0], IW, oh0, oh1, OW, kw, sh, sw, pt, pl, dh,
-                                     dw, rows, -INFINITY if is_max else 0, is_max, buf)
-                for oh in range(oh0, oh1):
-                    for ow in range(OW):
-                        dst[n, c, oh, ow] = buf[(oh - oh0) * Wp + ow] if is_max or backward \
-                            else buf[(oh - oh0) * Wp + ow] / (row_div[oh] * col_div[ow])
+                for i in range(IH * IW):
+                    shares[i] = windows_src[i] * scale[i]
+                windows_src = shares
+            if whole:
+                _stride1_windows(windows_src, IH, IW, OH, OW, kh, kw, qt, ql, fill, is_max,
+                                 windows_scale, buf, &dst[n, c, 0, 0])
+            else:
+                for b in range(_ceil_div(OH, band)):
+                    oh0 = b * band
+                    oh1 = min(OH, oh0 + band)
+                    _strided_windows(windows_src, IW, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw,
+                                     rows, fill, is_max, buf)
+                    for oh in range(oh0, oh1):
+                        for ow in range(OW):
+                            dst[n, c, oh, ow] = buf[(oh - oh0) * Wp + ow] if is_max \
+                                else buf[(oh - oh0) * Wp + ow] * scale[oh * OW + ow]
         free(shares)
         free(buf)
     free(rows)
@@ -1815,7 +1873,7 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     plane at a time, down the rows and then along them (_plane_pool). NaN wins as in
     maxpool2d_fwd."""
     with nogil:
-        _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, NULL, NULL, False, n_threads)
+        _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, NULL, False, n_threads)
 
 
 def maxpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
@@ -1848,14 +1906,12 @@ def avgpool2d_fwd(const floating[:, :, :, ::1] x,        # IN  (N, C, H, W)
     """y = (sum over each window) / divisor; ``divisor_override`` is 0 when unset.
 
     Like max pooling's values, the windows are summed a plane at a time (_plane_pool)."""
-    cdef floating[::1] row_div
-    cdef floating[::1] col_div
-    row_div, col_div = _avg_divisors(
-        y.shape[2], y.shape[3], x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl,
-        count_include_pad, divisor_override, np.float32 if floating is float else np.float64)
+    cdef floating[::1] scale = np.empty(max(1, y.shape[2] * y.shape[3]),
+                                        np.float32 if floating is float else np.float64)
     with nogil:
-        _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, &row_div[0], &col_div[0], False,
-                    n_threads)
+        _avg_scale(&scale[0], y.shape[2], y.shape[3], x.shape[2], x.shape[3], kh, kw, sh, sw,
+                   pt, pl, count_include_pad, divisor_override)
+        _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, &scale[0], False, n_threads)
 
 
 def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
@@ -1865,26 +1921,23 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
                   bint count_include_pad, Py_ssize_t divisor_override, int n_threads):
     """Each input pixel receives dL/dY / divisor from every window that covers it.
 
-    The forward's transpose: a row of shares dL/dY / divisor (the same factored
-    divisor) is worked out once per output row, in a scratch row of the plane's,
-    then added tap by tap along the input rows it covers."""
+    The forward's transpose: a row of shares, dL/dY times the reciprocal of the
+    divisor (_avg_scale, as the forward's), is worked out once per output row, in a
+    scratch row of the plane's, then added tap by tap along the input rows it covers."""
     cdef Py_ssize_t C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t[:, ::1] rows
     cdef Py_ssize_t[:, ::1] cols
-    cdef floating[::1] row_div
-    cdef floating[::1] col_div
     cdef Py_ssize_t plane, n, c, oh, ow, h0, i, j, off
     cdef floating* share
     cdef floating* dxrow
-    cdef floating rd
-    row_div, col_div = _avg_divisors(
-        OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
-        np.float32 if floating is float else np.float64)
+    cdef floating[::1] scale = np.empty(max(1, OH * OW),
+                                        np.float32 if floating is float else np.float64)
+    _avg_scale(&scale[0], OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad,
+               divisor_override)
     if _whole_planes(sh, sw, dh, dw):
         with nogil:
-            _plane_pool(dy, dx, kh, kw, 1, 1, pt, pl, 1, 1, &row_div[0], &col_div[0], True,
-                        n_threads)
+            _plane_pool(dy, dx, kh, kw, 1, 1, pt, pl, 1, 1, &scale[0], True, n_threads)
         return
     rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
     with nogil:
@@ -1895,9 +1948,8 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
             _zero_plane(dx, n, c)
             for oh in range(OH):
                 h0 = oh * sh - pt
-                rd = row_div[oh]
                 for ow in range(OW):
-                    share[ow] = dy[n, c, oh, ow] / (rd * col_div[ow])
+                    share[ow] = dy[n, c, oh, ow] * scale[oh * OW + ow]
                 for i in range(rows[oh, 0], rows[oh, 1]):
                     dxrow = &dx[n, c, h0 + i, 0]
                     for j in range(kw):
@@ -1930,16 +1982,23 @@ def adaptive_avgpool2d_fwd(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     """Window (oh, ow) averages rows [floor(oh*H/OH), ceil((oh+1)*H/OH)) and likewise columns."""
     cdef Py_ssize_t C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane, n, c, oh, ow, h0, h1, w0, w1, ih, iw
+    cdef Py_ssize_t plane, n, c, oh, ow, h0, h1, w0, w1, ih, iw, t, p0, p1
     cdef floating total
     cdef const floating* planes = &x[0, 0, 0, 0] if x.shape[0] * C * H * W else NULL
     cdef floating* means = &y[0, 0, 0, 0] if y.shape[0] * C * OH * OW else NULL
+    cdef floating[::1] ones = np.ones(H * W, np.float32 if floating is float else np.float64)
     with nogil:
         if OH == 1 and OW == 1:
-            # global pooling: plane p is the span x[p*H*W : (p+1)*H*W], its mean y[p];
-            # no window arithmetic, whose integer divisions took longer than the sum
-            for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
-                means[plane] = _span_sum(planes + plane * H * W, H * W) / (H * W)
+            # global pooling: plane p is row p of a (planes x H*W) matrix, its mean
+            # y[p] = (row . ones) / (H*W), a share of the rows per thread. BLAS keeps
+            # several rows' sums in flight; one short sum after another (49 values on
+            # ResNet's 7x7 maps) waited on its adds: (8, 2048, 7, 7) took 77-82 us.
+            for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
+                p0 = _share(x.shape[0] * C, t, n_threads)
+                p1 = _share(x.shape[0] * C, t + 1, n_threads)
+                if p1 > p0:
+                    _row_sums(p1 - p0, H * W, <floating> 1 / (H * W), planes + p0 * H * W,
+                              &ones[0], means + p0)
         else:
             for plane in prange(x.shape[0] * C, schedule="static", num_threads=n_threads):
                 n = plane // C

@@ -73,12 +73,16 @@ def _end_inside(offset, stride, size, first, n_out):
 
 # The compiled code calls BLAS by a symbol name that is bound to the address
 # at import, not by an address baked into it, so that Numba can cache it.
-for _name in ("sgemm", "dgemm"):
+for _name in ("sgemm", "dgemm", "sgemv", "dgemv"):
     llvmlite.binding.add_symbol(f"fastconv_{_name}", blas_address(_name))
 _sgemm = numba.types.ExternalFunction("fastconv_sgemm",
                                       numba.types.void(*[numba.types.voidptr] * 13))
 _dgemm = numba.types.ExternalFunction("fastconv_dgemm",
                                       numba.types.void(*[numba.types.voidptr] * 13))
+_sgemv = numba.types.ExternalFunction("fastconv_sgemv",
+                                      numba.types.void(*[numba.types.voidptr] * 11))
+_dgemv = numba.types.ExternalFunction("fastconv_dgemv",
+                                      numba.types.void(*[numba.types.voidptr] * 11))
 
 
 @njit
@@ -104,6 +108,27 @@ def _gemm(trans_a, trans_b, m, n, k, alpha, a, a0, lda, b, b0, ldb, beta, c, c0,
         _dgemm(flags[1:].ctypes, flags.ctypes, ints.ctypes, ints[1:].ctypes, ints[2:].ctypes,
                scalars.ctypes, b[b0:].ctypes, ints[3:].ctypes, a[a0:].ctypes, ints[4:].ctypes,
                scalars[1:].ctypes, c[c0:].ctypes, ints[5:].ctypes)
+
+
+@njit
+def _row_sums(rows, n, alpha, a, a0, ones, y, y0):
+    """y[y0 + r] = alpha * the sum of row r of row-major A (rows x n), flat in a from a0,
+    for r < rows: BLAS's matrix-vector product of A, read column-major as its
+    transpose, with ones."""
+    flags = np.empty(1, np.uint8)
+    flags[0] = ord("T")
+    ints = np.empty(3, np.int32)
+    ints[0], ints[1], ints[2] = n, rows, 1
+    scalars = np.empty(2, y.dtype)
+    scalars[0], scalars[1] = alpha, 0
+    if y.itemsize == 4:
+        _sgemv(flags.ctypes, ints.ctypes, ints[1:].ctypes, scalars.ctypes, a[a0:].ctypes,
+               ints.ctypes, ones.ctypes, ints[2:].ctypes, scalars[1:].ctypes, y[y0:].ctypes,
+               ints[2:].ctypes)
+    else:
+        _dgemv(flags.ctypes, ints.ctypes, ints[1:].ctypes, scalars.ctypes, a[a0:].ctypes,
+               ints.ctypes, ones.ctypes, ints[2:].ctypes, scalars[1:].ctypes, y[y0:].ctypes,
+               ints[2:].ctypes)
 
 
 # ---------------------------------------------------------------------------
@@ -1378,29 +1403,31 @@ def _tap_cols(OW, kw, sw, pl, dw, W):
 
 
 @njit
-def _avg_factors(O, k, s, p, size, count_include_pad, override, dtype):
-    """The divisor of average pooling factors into a row and a column part, PyTorch's
-    window height and width: clipped to the padded input with count_include_pad, else
-    to the input. Its factor along one axis for each output o, or ``override`` (and 1
-    on the other axis)."""
-    out = np.empty(O, dtype)
-    for o in range(O):
-        start = o * s - p
-        end = min(start + k, size + p)
-        if not count_include_pad:
-            start, end = max(start, 0), min(end, size)
-        out[o] = override if override else end - start
-    return out
+def _avg_factor(o, k, s, p, size, count_include_pad):
+    """A factor of the divisor of average pooling along one axis, PyTorch's window
+    extent for output o: clipped to the padded input with count_include_pad, else to
+    the input."""
+    start = o * s - p
+    end = min(start + k, size + p)
+    if not count_include_pad:
+        start, end = max(start, 0), min(end, size)
+    return end - start
 
 
 @njit
-def _avg_divisors(OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override,
-                  dtype):
-    """The row and column factors of an average pooling's divisor (_avg_factors): what
-    its forward and its gradient share."""
-    return (_avg_factors(OH, kh, sh, pt, H, count_include_pad, divisor_override, dtype),
-            _avg_factors(OW, kw, sw, pl, W, count_include_pad, 1 if divisor_override else 0,
-                         dtype))
+def _avg_scale(scale, OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad,
+               divisor_override):
+    """scale[oh*OW + ow] = 1 / the divisor of window (oh, ow): divisor_override, or its
+    height times its width (_avg_factor), rounded once. What an average pooling's
+    forward and its gradient multiply by."""
+    widths = np.empty(OW, np.float64)
+    for ow in range(OW):
+        widths[ow] = 1 if divisor_override else _avg_factor(ow, kw, sw, pl, W, count_include_pad)
+    for oh in range(OH):
+        height = np.float64(divisor_override if divisor_override
+                            else _avg_factor(oh, kh, sh, pt, H, count_include_pad))
+        for ow in range(OW):
+            scale[oh * OW + ow] = 1 / (height * widths[ow])
 
 
 @njit
@@ -1417,19 +1444,27 @@ def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
 
 
 # A stride-1 window (dilation 1) is separable and the plane is small enough to
-# take whole: padded once into a plane of Wp = OW + kw - 1 columns, a tap is
-# then the same flat shift for every window, p -> p + i*Wp + j, so a pass over
-# the whole plane reduces each row's kw taps, and a second pass the kh rows,
-# with the padded columns computed and dropped. Row by row, each tap was a loop
-# of OW, whose setup cost more than its work on GoogLeNet's and Inception v3's
-# 3x3 poolings of 7x7 to 35x35 maps. In-process A/B, 2 threads, ms: max (values)
-# on 480x14x14 0.41-0.44 -> 0.08 (Cython), 0.20-0.24 -> 0.06 (Numba), on
-# 832x7x7 0.53-0.56 -> 0.07 / 0.16-0.19 -> 0.06; average on 768x17x17
-# 0.40 -> 0.14-0.16 / 0.32-0.33 -> 0.13-0.16; on 64x112x112 max 0.70-0.80 ->
-# 0.46-0.51 / 0.40-0.52 -> 0.42-0.56, average 0.53-0.56 -> 0.48-0.56 / the same.
+# take whole: each output row's column sums (or maxima) of its kh input rows
+# come first, and where all kh rows lie inside the input the rows below each
+# other are one flat pass over the plane, tap i the flat shift i*W. A flat pass
+# over those columns, tap j the shift j, then takes every window's kw columns,
+# the windows at the row ends (which that shift carries into the next row)
+# recomputed on their own, clipped to the input; the padding needs no copy of
+# the plane, and where the output is as wide as the input (the usual padding of
+# (k - 1)/2) the pass writes the output plane itself. Row by row, each tap was a
+# loop of OW, whose setup cost more than its work on GoogLeNet's and Inception
+# v3's 3x3 poolings of 7x7 to 35x35 maps (max on 480x14x14 0.41-0.44 ms, Cython).
+# The padded plane that came next (copied in, reduced flat, copied out by rows)
+# against these flat passes, in-process A/B, 2 threads, us, Cython / Numba:
+# average 192x35x35 89-108 -> 48-58 / 97-101 -> 53-66, 768x17x17 104-111 ->
+# 66-74 / 133-137 -> 74-83; max 480x14x14 52-57 -> 41-45 / 62-71 -> 41-45,
+# 64x112x112 273-292 -> 184-210 / 306-313 -> 173-181, 832x7x7 unchanged (44-57).
 # The average's gradient is such a window sum too (of dL/dY / divisor, padded by
-# k - 1 - p): 192x35x35 0.26 -> 0.15 / 0.21 -> 0.14, 768x17x17 0.52 -> 0.16 /
-# 0.32 -> 0.17, 64x112x112 0.58 -> 0.52 / 0.45 -> 0.49.
+# k - 1 - p): 192x35x35 102-113 -> 48-51 / 126-128 -> 51-55.
+#
+# The average multiplies by the divisor's reciprocal, one plane of them for the
+# call: a division (vdivps) costs ten times a multiplication, and took a quarter
+# of the 192x35x35 average's time; the product is within an ulp of the quotient.
 
 @njit
 def _whole_planes(sh, sw, dh, dw):
@@ -1481,25 +1516,54 @@ def _flat_taps(src, s0, stride, step, taps, dst, d0, length, is_max):
 
 
 @njit
-def _stride1_windows(plane, OH, OW, kh, kw, pt, pl, fill, is_max, buf):
-    """buf[oh*Wp + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
-    with fill, stride 1, Wp = OW + kw - 1; buf holds 2*(OH + kh - 1)*Wp values."""
+def _edge_windows(cols, c0, P, W, OH, ow0, ow1, kw, pl, is_max, z, z0):
+    """z[z0 + oh*P + ow] = the maximum or sum, in order, of cols[c0 + oh*P + ow - pl + j]
+    over j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows."""
+    for ow in range(ow0, ow1):
+        j0 = max(0, pl - ow)
+        j1 = min(kw, W + pl - ow)
+        for oh in range(OH):
+            at = c0 + oh * P + ow - pl
+            acc = cols[_u(at + j0)]
+            for j in range(j0 + 1, j1):
+                acc = _pool2(acc, cols[_u(at + j)], is_max)
+            z[_u(z0 + oh * P + ow)] = acc
+
+
+@njit
+def _stride1_windows(plane, OH, OW, kh, kw, pt, pl, fill, is_max, scale, buf, out):
+    """out[oh*OW + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
+    with fill (pt, pl <= kh - 1, kw - 1), stride 1, times scale[oh*OW + ow] unless scale
+    is empty; buf holds 2*(OH*P + kw) values, P = max(W, OW). buf[pl:] holds OH rows of
+    P, each row's kh input rows pooled."""
     H, W = plane.shape
-    Wp, Hp = OW + kw - 1, OH + kh - 1
-    s1 = min(Wp, pl + W)
-    for r in range(Hp):
-        ih = r - pt
-        d = r * Wp
-        if ih < 0 or ih >= H:
-            buf[d:d + Wp] = fill
-        else:
-            buf[d:d + pl] = fill
-            src = plane[ih]
-            for s in range(pl, s1):
-                buf[_u(d + s)] = src[_u(s - pl)]
-            buf[d + s1:d + Wp] = fill
-    _flat_taps(buf, 0, 1, 1, kw, buf, Hp * Wp, Hp * Wp - kw + 1, is_max)
-    _flat_taps(buf, Hp * Wp, 1, Wp, kh, buf, 0, (OH - 1) * Wp + OW, is_max)
+    flat = plane.reshape(-1)
+    P = max(W, OW)
+    L, r0, r1 = OH * P, pt, min(OH, H - kh + 1 + pt)
+    z, z0 = (out, 0) if OW == P else (buf, L + kw)
+    buf[:pl] = fill
+    buf[pl + L:L + kw - 1] = fill
+    if P == W and r1 > r0:      # rows r0 .. r1-1 flat, the others on their own
+        _flat_taps(flat, (r0 - pt) * W, 1, W, kh, buf, pl + r0 * W, (r1 - r0) * W, is_max)
+    else:
+        r0 = r1 = 0
+    for b in range(OH - (r1 - r0)):
+        oh = b if b < r0 else b + r1 - r0
+        i0 = max(0, pt - oh)
+        i1 = min(kh, H + pt - oh)
+        _flat_taps(flat, (oh - pt + i0) * W, 1, W, i1 - i0, buf, pl + oh * P, W, is_max)
+        buf[pl + oh * P + W:pl + oh * P + P] = fill
+    _flat_taps(buf, 0, 1, 1, kw, z, z0, L, is_max)
+    _edge_windows(buf, pl, P, W, OH, 0, min(pl, OW), kw, pl, is_max, z, z0)
+    _edge_windows(buf, pl, P, W, OH, max(pl, W - kw + 1 + pl), OW, kw, pl, is_max, z, z0)
+    if OW != P:
+        for oh in range(OH):
+            for ow in range(OW):
+                v = buf[_u(z0 + oh * P + ow)]
+                out[_u(oh * OW + ow)] = v if scale.shape[0] == 0 else v * scale[_u(oh * OW + ow)]
+    elif scale.shape[0]:
+        for q in range(OH * OW):
+            out[_u(q)] = out[_u(q)] * scale[_u(q)]
 
 
 # A strided window is separable too, but its rows are not a flat shift of each
@@ -1539,45 +1603,49 @@ def _strided_windows(plane, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows, fill
 
 
 @pnjit
-def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, row_div, col_div, backward,
-                n_threads):
+def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_threads):
     """Pooling a plane at a time, a share of the planes per thread: dst's windows of
-    src, the maximum (values only; row_div empty) or the average, window (oh, ow)
-    divided by row_div[oh]*col_div[ow]. Backward (stride 1, dilation 1), the
-    average's gradient: src (dL/dY) divided first, then each input pixel sums the
-    windows that cover it, which at stride 1 form a window of the same size, padded
-    by kh - 1 - pt and kw - 1 - pl."""
+    src, the maximum (values only; scale empty) or the average, window (oh, ow) times
+    scale[oh*OW + ow], the divisor's reciprocal (_avg_scale). Backward (stride 1,
+    dilation 1), the average's gradient: src (dL/dY) scaled first (scale then has
+    src's plane shape), then each input pixel sums the windows that cover it, which
+    at stride 1 form a window of the same size, padded by kh - 1 - pt and kw - 1 - pl."""
     C, IH, IW = src.shape[1], src.shape[2], src.shape[3]
     OH, OW = dst.shape[2], dst.shape[3]
-    planes, is_max, whole = src.shape[0] * C, row_div.shape[0] == 0, _whole_planes(sh, sw, dh, dw)
-    Wp = OW + kw - 1 if whole else _strided_pitch(OW, kw, sw, dw)
+    planes, is_max, whole = src.shape[0] * C, scale.shape[0] == 0, _whole_planes(sh, sw, dh, dw)
+    Wp = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
     band = OH if whole else max(1, min(OH, POOL_BAND // (Wp * (1 + sw))))
     rows = np.empty((0, 2), np.int64) if whole else _tap_rows(OH, kh, sh, pt, dh, IH)
+    qt, ql = (kh - 1 - pt, kw - 1 - pl) if backward else (pt, pl)
+    fill = -np.inf if is_max else 0
+    windows_scale = scale[:0] if backward else scale
     for t in prange(n_threads):
-        buf = np.empty(2 * (OH + kh - 1) * Wp if whole else band * Wp * (1 + sw), dst.dtype)
+        buf = np.empty(2 * (OH * Wp + kw) if whole else band * Wp * (1 + sw), dst.dtype)
         shares = np.empty((IH, IW) if backward else (1, 1), dst.dtype)
+        flat_shares = shares.reshape(-1)
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
             n = plane // C
             c = plane % C
+            windows_src = src[n, c]
             if backward:
-                for oh in range(IH):
-                    for ow in range(IW):
-                        shares[oh, ow] = src[n, c, oh, ow] / (row_div[oh] * col_div[ow])
-                _stride1_windows(shares, OH, OW, kh, kw, kh - 1 - pt, kw - 1 - pl, 0, False,
-                                 buf)
-            elif whole:
-                _stride1_windows(src[n, c], OH, OW, kh, kw, pt, pl,
-                                 -np.inf if is_max else 0, is_max, buf)
-            for b in range(_ceil_div(OH, band)):
-                oh0 = b * band
-                oh1 = min(OH, oh0 + band)
-                if not whole:
-                    _strided_windows(src[n, c], oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows,
-                                     -np.inf if is_max else 0, is_max, buf)
-                for oh in range(oh0, oh1):
-                    for ow in range(OW):
-                        dst[n, c, oh, ow] = buf[(oh - oh0) * Wp + ow] if is_max or backward \
-                            else buf[(oh - oh0) * Wp + ow] / (row_div[oh] * col_div[ow])
+                dy = windows_src.reshape(-1)
+                for i in range(IH * IW):
+                    flat_shares[_u(i)] = dy[_u(i)] * scale[_u(i)]
+                windows_src = shares
+            if whole:
+                _stride1_windows(windows_src, OH, OW, kh, kw, qt, ql, fill, is_max,
+                                 windows_scale, buf, dst[n, c].reshape(-1))
+            else:
+                for b in range(_ceil_div(OH, band)):
+                    oh0 = b * band
+                    oh1 = min(OH, oh0 + band)
+                    _strided_windows(windows_src, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows,
+                                     fill, is_max, buf)
+                    for oh in range(oh0, oh1):
+                        drow, b0 = dst[n, c, oh], (oh - oh0) * Wp
+                        for ow in range(OW):
+                            drow[_u(ow)] = buf[_u(b0 + ow)] if is_max \
+                                else buf[_u(b0 + ow)] * scale[_u(oh * OW + ow)]
 
 
 @njit
@@ -1666,8 +1734,7 @@ def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
     window does not depend on the order of its taps, so the windows are reduced a
     plane at a time, down the rows and then along them (_plane_pool). NaN wins as in
     maxpool2d_fwd."""
-    _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, np.empty(0, y.dtype), np.empty(0, y.dtype),
-                False, n_threads)
+    _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, np.empty(0, y.dtype), False, n_threads)
 
 
 @pnjit
@@ -1696,10 +1763,10 @@ def avgpool2d_fwd(x,   # IN  (N, C, H, W)
     """y = (sum over each window) / divisor; ``divisor_override`` is 0 when unset.
 
     Like max pooling's values, the windows are summed a plane at a time (_plane_pool)."""
-    row_div, col_div = _avg_divisors(y.shape[2], y.shape[3], x.shape[2], x.shape[3], kh, kw,
-                                     sh, sw, pt, pl, count_include_pad, divisor_override,
-                                     y.dtype)
-    _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, row_div, col_div, False, n_threads)
+    scale = np.empty(y.shape[2] * y.shape[3], y.dtype)
+    _avg_scale(scale, y.shape[2], y.shape[3], x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl,
+               count_include_pad, divisor_override)
+    _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, scale, False, n_threads)
 
 
 @pnjit
@@ -1709,15 +1776,15 @@ def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
                   n_threads):
     """Each input pixel receives dL/dY / divisor from every window that covers it.
 
-    The forward's transpose: a row of shares dL/dY / divisor (the same factored
-    divisor) is worked out once per output row, in a scratch row of the plane's,
-    then added tap by tap along the input rows it covers."""
+    The forward's transpose: a row of shares, dL/dY times the reciprocal of the
+    divisor (_avg_scale, as the forward's), is worked out once per output row, in a
+    scratch row of the plane's, then added tap by tap along the input rows it covers."""
     C, H, W = dx.shape[1], dx.shape[2], dx.shape[3]
     OH, OW = dy.shape[2], dy.shape[3]
-    row_div, col_div = _avg_divisors(OH, OW, H, W, kh, kw, sh, sw, pt, pl,
-                                     count_include_pad, divisor_override, dx.dtype)
+    scale = np.empty(OH * OW, dx.dtype)
+    _avg_scale(scale, OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad, divisor_override)
     if _whole_planes(sh, sw, dh, dw):
-        _plane_pool(dy, dx, kh, kw, 1, 1, pt, pl, 1, 1, row_div, col_div, True, n_threads)
+        _plane_pool(dy, dx, kh, kw, 1, 1, pt, pl, 1, 1, scale, True, n_threads)
         return
     rows, cols = _tap_rows(OH, kh, sh, pt, 1, H), _tap_cols(OW, kw, sw, pl, 1, W)
     for plane in prange(dx.shape[0] * C):
@@ -1727,9 +1794,8 @@ def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
         _zero_plane(dx, n, c)
         for oh in range(OH):
             h0 = oh * sh - pt
-            rd = row_div[oh]
             for ow in range(OW):
-                share[_u(ow)] = dy[n, c, oh, ow] / (rd * col_div[_u(ow)])
+                share[_u(ow)] = dy[n, c, oh, ow] * scale[_u(oh * OW + ow)]
             for i in range(rows[oh, 0], rows[oh, 1]):
                 dxrow = dx[n, c, h0 + i]
                 for j in range(kw):
@@ -1764,11 +1830,16 @@ def adaptive_avgpool2d_fwd(x,  # IN  (N, C, H, W)
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     OH, OW = y.shape[2], y.shape[3]
     if OH == 1 and OW == 1:
-        # global pooling: plane p is the span x[p*H*W : (p+1)*H*W], its mean y[p];
-        # no window arithmetic, whose integer divisions took longer than the sum
-        planes, means = x.reshape(-1), y.reshape(-1)
-        for plane in prange(x.shape[0] * C):
-            means[plane] = _span_sum(planes, plane * H * W, H * W) / (H * W)
+        # global pooling: plane p is row p of a (planes x H*W) matrix, its mean
+        # y[p] = (row . ones) / (H*W), a share of the rows per thread. BLAS keeps
+        # several rows' sums in flight; one short sum after another (49 values on
+        # ResNet's 7x7 maps) waited on its adds: (8, 2048, 7, 7) took 77-83 us.
+        planes, means, ones = x.reshape(-1), y.reshape(-1), np.ones(H * W, y.dtype)
+        for t in prange(n_threads):
+            p0 = _share(x.shape[0] * C, t, n_threads)
+            p1 = _share(x.shape[0] * C, t + 1, n_threads)
+            if p1 > p0:
+                _row_sums(p1 - p0, H * W, 1 / (H * W), planes, p0 * H * W, ones, means, p0)
         return
     for plane in prange(x.shape[0] * C):
         n = plane // C

@@ -95,6 +95,29 @@ def test_adaptive_avg_pool2d(backend, dtype, hw, output_size):
     assert rel_err(gx, reference) <= TOLERANCE[dtype, "pool"]
 
 
+@pytest.mark.parametrize("backend", ADAPTIVE_BACKENDS)
+@pytest.mark.parametrize("planes", [1, 2, 3, 17])
+@pytest.mark.parametrize("hw", [(1, 1), (7, 7), (3, 50)])
+def test_global_avg_pool_shares_planes_between_threads(backend, planes, hw):
+    """Global average pooling takes each thread's share of the planes as the rows of one
+    matrix-vector product: every plane's mean, at thread counts that leave a thread
+    without planes or split them unevenly, and the input left as it was."""
+    rng = np.random.default_rng(planes * 100 + hw[1])
+    x = rng.standard_normal((1, planes, *hw))
+    before = fc.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fc.set_num_threads(threads)
+            for dtype in (np.float32, np.float64):
+                xd = x.astype(dtype)
+                kept = xd.copy()
+                y = fc.adaptive_avg_pool2d(xd, 1, backend=backend)
+                assert np.array_equal(xd, kept)
+                assert rel_err(y, x.mean(axis=(2, 3), keepdims=True)) <= TOLERANCE[dtype, "pool"]
+    finally:
+        fc.set_num_threads(before)
+
+
 @pytest.mark.parametrize("backend", MAX_BACKENDS)
 @pytest.mark.parametrize("channels", [1, 3, 7, 8, 9, 16, 17])
 def test_max_pool_nan_inf_and_ties(backend, channels):
@@ -152,10 +175,12 @@ def test_max_pool_at_every_width(backend, width, kw):
 @pytest.mark.parametrize("kernel", [(1, 1), (2, 2), (3, 3), (1, 4), (4, 3), (5, 5)])
 @pytest.mark.parametrize("hw", [(1, 1), (1, 9), (7, 7), (8, 13), (17, 6), (35, 35)])
 def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
-    """Stride-1 max (values only) and average pooling pad each plane once and reduce
-    it in flat passes, padded columns computed and dropped, and so does the average's
-    gradient (a window sum of dL/dY / divisor): every padding up to half the window,
-    NaN and -inf for max, both divisors and an override for average."""
+    """Stride-1 max (values only) and average pooling reduce each plane in flat passes,
+    down the columns and then along the rows, the windows at the row ends recomputed
+    clipped; outputs narrower than the input (no padding), as wide, and wider (an even
+    window padded by half) take different paths, and so does the average's gradient (a
+    window sum of dL/dY / divisor, padded by up to k - 1): every padding up to half the
+    window, NaN and -inf for max, both divisors and an override for average."""
     rng = np.random.default_rng(sum(kernel) * 100 + sum(hw))
     x = rng.integers(-2, 3, (2, 3, *hw)).astype(np.float32)
     x[rng.random(x.shape) < 0.05] = np.nan
