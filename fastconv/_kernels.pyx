@@ -1596,6 +1596,8 @@ cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
     cdef Py_ssize_t oh, ow, i0, i1, s, b
     cdef floating* cols = buf + pl         # OH rows of P: each row's kh input rows pooled
     cdef floating* z = out if OW == P else buf + L + kw
+    # the margins, and columns W .. P-1, reach only the windows _edge_windows redoes:
+    # fill keeps the flat pass from reading uninitialised memory
     for s in range(-pl, 0):
         cols[s] = fill
     for s in range(L, L + kw - 1 - pl):

@@ -1541,6 +1541,8 @@ def _stride1_windows(plane, OH, OW, kh, kw, pt, pl, fill, is_max, scale, buf, ou
     P = max(W, OW)
     L, r0, r1 = OH * P, pt, min(OH, H - kh + 1 + pt)
     z, z0 = (out, 0) if OW == P else (buf, L + kw)
+    # the margins, and columns W .. P-1, reach only the windows _edge_windows redoes:
+    # fill keeps the flat pass from reading uninitialised memory
     buf[:pl] = fill
     buf[pl + L:L + kw - 1] = fill
     if P == W and r1 > r0:      # rows r0 .. r1-1 flat, the others on their own
