@@ -1499,21 +1499,23 @@ cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py
 # A stride-1 window (dilation 1) is separable and the plane is small enough to
 # take whole: each output row's column sums (or maxima) of its kh input rows
 # come first, and where all kh rows lie inside the input the rows below each
-# other are one flat pass over the plane, tap i the flat shift i*W. A flat pass
-# over those columns, tap j the shift j, then takes every window's kw columns,
-# the windows at the row ends (which that shift carries into the next row)
-# recomputed on their own, clipped to the input; the padding needs no copy of
-# the plane, and where the output is as wide as the input (the usual padding of
-# (k - 1)/2) the pass writes the output plane itself. Row by row, each tap was a
-# loop of OW, whose setup cost more than its work on GoogLeNet's and Inception
-# v3's 3x3 poolings of 7x7 to 35x35 maps (max on 480x14x14 0.41-0.44 ms, Cython).
+# other are one flat pass over the plane, tap i the flat shift i*W (where the
+# output is no wider than the input; else each row on its own). A flat pass over
+# those columns, tap j the shift j, then takes every window's kw columns, the
+# windows at the row ends (which that shift carries into the next row) recomputed
+# on their own, clipped to the input; the padding needs no copy of the plane, and
+# where the output is at least as wide as the input (the usual padding of
+# (k - 1)/2, or an even window's of k/2) the pass writes the output plane
+# itself. Row by row, each tap was a loop of OW, whose setup cost more than its
+# work on GoogLeNet's and Inception v3's 3x3 poolings of 7x7 to 35x35 maps (max
+# on 480x14x14 0.41-0.44 ms, Cython).
 # The padded plane that came next (copied in, reduced flat, copied out by rows)
 # against these flat passes, in-process A/B, 2 threads, us, Cython / Numba:
 # average 192x35x35 89-108 -> 48-58 / 97-101 -> 53-66, 768x17x17 104-111 ->
 # 66-74 / 133-137 -> 74-83; max 480x14x14 52-57 -> 41-45 / 62-71 -> 41-45,
 # 64x112x112 273-292 -> 184-210 / 306-313 -> 173-181, 832x7x7 unchanged (44-57).
-# The average's gradient is such a window sum too (of dL/dY / divisor, padded by
-# k - 1 - p): 192x35x35 102-113 -> 48-51 / 126-128 -> 51-55.
+# The average's gradient is such a window sum too (of dL/dY times the divisor's
+# reciprocal, padded by k - 1 - p): 192x35x35 102-113 -> 48-51 / 126-128 -> 51-55.
 #
 # The average multiplies by the divisor's reciprocal, one plane of them for the
 # call: a division (vdivps) costs ten times a multiplication, and took a quarter
@@ -1521,7 +1523,7 @@ cdef inline void _max_tap(const floating* tap, floating* yrow, int64_t* irow, Py
 
 cdef inline bint _whole_planes(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
                                Py_ssize_t dw) noexcept nogil:
-    """Whether a pooling's windows are taken over whole padded planes
+    """Whether a pooling's windows are taken over whole planes
     (_stride1_windows), rather than reduced down the rows first (_strided_windows)."""
     return sh == 1 and sw == 1 and dh == 1 and dw == 1
 
@@ -1591,7 +1593,7 @@ cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
                            const floating* scale, floating* buf, floating* out) noexcept nogil:
     """out[oh*OW + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
     with fill (pt, pl <= kh - 1, kw - 1), stride 1, times scale[oh*OW + ow] unless scale
-    is NULL; buf holds 2*(OH*P + kw) values, P = max(W, OW)."""
+    is NULL; buf holds 2*OH*P + kw values, P = max(W, OW)."""
     cdef Py_ssize_t P = max(W, OW), L = OH * P, r0 = pt, r1 = min(OH, H - kh + 1 + pt)
     cdef Py_ssize_t oh, ow, i0, i1, s, b
     cdef floating* cols = buf + pl         # OH rows of P: each row's kh input rows pooled
@@ -1616,7 +1618,7 @@ cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
     _flat_taps(cols - pl, 1, 1, kw, z, L, is_max)
     _edge_windows(cols, P, W, OH, 0, min(pl, OW), kw, pl, is_max, z)
     _edge_windows(cols, P, W, OH, max(pl, W - kw + 1 + pl), OW, kw, pl, is_max, z)
-    if z != out:
+    if OW != P:
         for oh in range(OH):
             for ow in range(OW):
                 out[oh * OW + ow] = z[oh * P + ow] if scale == NULL \
@@ -1679,23 +1681,25 @@ cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] d
     cdef bint is_max = scale == NULL, whole = _whole_planes(sh, sw, dh, dw)
     cdef Py_ssize_t C = src.shape[1], IH = src.shape[2], IW = src.shape[3]
     cdef Py_ssize_t OH = dst.shape[2], OW = dst.shape[3]
-    cdef Py_ssize_t Wp = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
-    cdef Py_ssize_t band = OH if whole else max(1, min(OH, POOL_BAND // (Wp * (1 + sw))))
+    cdef Py_ssize_t pitch = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
+    cdef Py_ssize_t band = OH if whole else max(1, min(OH, POOL_BAND // (pitch * (1 + sw))))
     cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow, b, oh0, oh1, i
     cdef Py_ssize_t qt = kh - 1 - pt if backward else pt, ql = kw - 1 - pl if backward else pl
     cdef floating fill = -INFINITY if is_max else 0
-    cdef const floating* windows_scale = NULL if backward else scale
+    cdef const floating* windows_scale = scale
     cdef const floating* windows_src
     cdef floating* buf
     cdef floating* shares
     cdef Py_ssize_t* rows = NULL
+    if backward:
+        windows_scale = NULL
     if not whole:
         rows = <Py_ssize_t*> malloc(2 * OH * sizeof(Py_ssize_t))
         for oh in range(OH):        # _tap_rows
             rows[2 * oh] = _first_tap(oh * sh - pt, dh, kh)
             rows[2 * oh + 1] = _end_tap(oh * sh - pt, dh, kh, IH)
     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-        buf = <floating*> malloc((2 * (OH * Wp + kw) if whole else band * Wp * (1 + sw))
+        buf = <floating*> malloc((2 * OH * pitch + kw if whole else band * pitch * (1 + sw))
                                  * sizeof(floating))
         shares = <floating*> malloc((IH * IW if backward else 1) * sizeof(floating))
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
@@ -1717,8 +1721,8 @@ cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] d
                                      rows, fill, is_max, buf)
                     for oh in range(oh0, oh1):
                         for ow in range(OW):
-                            dst[n, c, oh, ow] = buf[(oh - oh0) * Wp + ow] if is_max \
-                                else buf[(oh - oh0) * Wp + ow] * scale[oh * OW + ow]
+                            dst[n, c, oh, ow] = buf[(oh - oh0) * pitch + ow] if is_max \
+                                else buf[(oh - oh0) * pitch + ow] * scale[oh * OW + ow]
         free(shares)
         free(buf)
     free(rows)
@@ -1935,8 +1939,9 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
     cdef floating* dxrow
     cdef floating[::1] scale = np.empty(max(1, OH * OW),
                                         np.float32 if floating is float else np.float64)
-    _avg_scale(&scale[0], OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad,
-               divisor_override)
+    with nogil:
+        _avg_scale(&scale[0], OH, OW, H, W, kh, kw, sh, sw, pt, pl, count_include_pad,
+                   divisor_override)
     if _whole_planes(sh, sw, dh, dw):
         with nogil:
             _plane_pool(dy, dx, kh, kw, 1, 1, pt, pl, 1, 1, &scale[0], True, n_threads)
@@ -1988,7 +1993,8 @@ def adaptive_avgpool2d_fwd(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef floating total
     cdef const floating* planes = &x[0, 0, 0, 0] if x.shape[0] * C * H * W else NULL
     cdef floating* means = &y[0, 0, 0, 0] if y.shape[0] * C * OH * OW else NULL
-    cdef floating[::1] ones = np.ones(H * W, np.float32 if floating is float else np.float64)
+    cdef floating[::1] ones = np.ones(H * W if OH == 1 and OW == 1 else 1,
+                                      np.float32 if floating is float else np.float64)
     with nogil:
         if OH == 1 and OW == 1:
             # global pooling: plane p is row p of a (planes x H*W) matrix, its mean

@@ -1446,21 +1446,23 @@ def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
 # A stride-1 window (dilation 1) is separable and the plane is small enough to
 # take whole: each output row's column sums (or maxima) of its kh input rows
 # come first, and where all kh rows lie inside the input the rows below each
-# other are one flat pass over the plane, tap i the flat shift i*W. A flat pass
-# over those columns, tap j the shift j, then takes every window's kw columns,
-# the windows at the row ends (which that shift carries into the next row)
-# recomputed on their own, clipped to the input; the padding needs no copy of
-# the plane, and where the output is as wide as the input (the usual padding of
-# (k - 1)/2) the pass writes the output plane itself. Row by row, each tap was a
-# loop of OW, whose setup cost more than its work on GoogLeNet's and Inception
-# v3's 3x3 poolings of 7x7 to 35x35 maps (max on 480x14x14 0.41-0.44 ms, Cython).
+# other are one flat pass over the plane, tap i the flat shift i*W (where the
+# output is no wider than the input; else each row on its own). A flat pass over
+# those columns, tap j the shift j, then takes every window's kw columns, the
+# windows at the row ends (which that shift carries into the next row) recomputed
+# on their own, clipped to the input; the padding needs no copy of the plane, and
+# where the output is at least as wide as the input (the usual padding of
+# (k - 1)/2, or an even window's of k/2) the pass writes the output plane
+# itself. Row by row, each tap was a loop of OW, whose setup cost more than its
+# work on GoogLeNet's and Inception v3's 3x3 poolings of 7x7 to 35x35 maps (max
+# on 480x14x14 0.41-0.44 ms, Cython).
 # The padded plane that came next (copied in, reduced flat, copied out by rows)
 # against these flat passes, in-process A/B, 2 threads, us, Cython / Numba:
 # average 192x35x35 89-108 -> 48-58 / 97-101 -> 53-66, 768x17x17 104-111 ->
 # 66-74 / 133-137 -> 74-83; max 480x14x14 52-57 -> 41-45 / 62-71 -> 41-45,
 # 64x112x112 273-292 -> 184-210 / 306-313 -> 173-181, 832x7x7 unchanged (44-57).
-# The average's gradient is such a window sum too (of dL/dY / divisor, padded by
-# k - 1 - p): 192x35x35 102-113 -> 48-51 / 126-128 -> 51-55.
+# The average's gradient is such a window sum too (of dL/dY times the divisor's
+# reciprocal, padded by k - 1 - p): 192x35x35 102-113 -> 48-51 / 126-128 -> 51-55.
 #
 # The average multiplies by the divisor's reciprocal, one plane of them for the
 # call: a division (vdivps) costs ten times a multiplication, and took a quarter
@@ -1468,7 +1470,7 @@ def _max_tap(xrow, off, yrow, irow, lo, hi, stride, at):
 
 @njit
 def _whole_planes(sh, sw, dh, dw):
-    """Whether a pooling's windows are taken over whole padded planes
+    """Whether a pooling's windows are taken over whole planes
     (_stride1_windows), rather than reduced down the rows first (_strided_windows)."""
     return sh == 1 and sw == 1 and dh == 1 and dw == 1
 
@@ -1534,7 +1536,7 @@ def _edge_windows(cols, c0, P, W, OH, ow0, ow1, kw, pl, is_max, z, z0):
 def _stride1_windows(plane, OH, OW, kh, kw, pt, pl, fill, is_max, scale, buf, out):
     """out[oh*OW + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
     with fill (pt, pl <= kh - 1, kw - 1), stride 1, times scale[oh*OW + ow] unless scale
-    is empty; buf holds 2*(OH*P + kw) values, P = max(W, OW). buf[pl:] holds OH rows of
+    is empty; buf holds 2*OH*P + kw values, P = max(W, OW). buf[pl:] holds OH rows of
     P, each row's kh input rows pooled."""
     H, W = plane.shape
     flat = plane.reshape(-1)
@@ -1615,14 +1617,14 @@ def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_thr
     C, IH, IW = src.shape[1], src.shape[2], src.shape[3]
     OH, OW = dst.shape[2], dst.shape[3]
     planes, is_max, whole = src.shape[0] * C, scale.shape[0] == 0, _whole_planes(sh, sw, dh, dw)
-    Wp = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
-    band = OH if whole else max(1, min(OH, POOL_BAND // (Wp * (1 + sw))))
+    pitch = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
+    band = OH if whole else max(1, min(OH, POOL_BAND // (pitch * (1 + sw))))
     rows = np.empty((0, 2), np.int64) if whole else _tap_rows(OH, kh, sh, pt, dh, IH)
     qt, ql = (kh - 1 - pt, kw - 1 - pl) if backward else (pt, pl)
     fill = -np.inf if is_max else 0
     windows_scale = scale[:0] if backward else scale
     for t in prange(n_threads):
-        buf = np.empty(2 * (OH * Wp + kw) if whole else band * Wp * (1 + sw), dst.dtype)
+        buf = np.empty(2 * OH * pitch + kw if whole else band * pitch * (1 + sw), dst.dtype)
         shares = np.empty((IH, IW) if backward else (1, 1), dst.dtype)
         flat_shares = shares.reshape(-1)
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
@@ -1644,7 +1646,7 @@ def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_thr
                     _strided_windows(windows_src, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows,
                                      fill, is_max, buf)
                     for oh in range(oh0, oh1):
-                        drow, b0 = dst[n, c, oh], (oh - oh0) * Wp
+                        drow, b0 = dst[n, c, oh], (oh - oh0) * pitch
                         for ow in range(OW):
                             drow[_u(ow)] = buf[_u(b0 + ow)] if is_max \
                                 else buf[_u(b0 + ow)] * scale[_u(oh * OW + ow)]

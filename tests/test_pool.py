@@ -179,8 +179,10 @@ def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
     down the columns and then along the rows, the windows at the row ends recomputed
     clipped; outputs narrower than the input (no padding), as wide, and wider (an even
     window padded by half) take different paths, and so does the average's gradient (a
-    window sum of dL/dY / divisor, padded by up to k - 1): every padding up to half the
-    window, NaN and -inf for max, both divisors and an override for average."""
+    window sum of dL/dY times the divisor's reciprocal, padded by up to k - 1): every
+    padding up to half the window, NaN and -inf for max, both divisors with and without
+    an override for average, both dtypes; the gradient against the float64 reference on
+    every plane, and by finite differences on the small ones."""
     rng = np.random.default_rng(sum(kernel) * 100 + sum(hw))
     x = rng.integers(-2, 3, (2, 3, *hw)).astype(np.float32)
     x[rng.random(x.shape) < 0.05] = np.nan
@@ -191,23 +193,28 @@ def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
         if hw[0] + 2 * padding[0] < kernel[0] or hw[1] + 2 * padding[1] < kernel[1]:
             continue
         y_ref, _ = oracle.max_pool2d(x, kernel, (1, 1), padding, (1, 1), False)
-        y = fc.max_pool2d(x, kernel, stride=1, padding=padding, backend=backend)
-        assert np.array_equal(y, y_ref, equal_nan=True), padding
-        for include, override in [(True, None), (False, None), (True, 5)]:
+        for dtype in (np.float32, np.float64):
+            y = fc.max_pool2d(x.astype(dtype), kernel, stride=1, padding=padding,
+                              backend=backend)
+            assert np.array_equal(y, y_ref, equal_nan=True), (padding, dtype)
+        for include, override in [(True, None), (False, None), (True, 5), (False, 5)]:
             y_ref = oracle.avg_pool2d(xa, kernel, (1, 1), padding, False, include, override)
-            for dtype in (np.float32, np.float64):
-                y = fc.avg_pool2d(xa.astype(dtype), kernel, stride=1, padding=padding,
-                                  count_include_pad=include, divisor_override=override,
-                                  backend=backend)
-                assert rel_err(y, y_ref) <= TOLERANCE[dtype, "pool"], (padding, include)
-            if hw[0] * hw[1] > 200:
-                continue
             args = dict(stride=1, padding=padding, count_include_pad=include,
                         divisor_override=override)
-            dy = rng.standard_normal(y_ref[:1, :1].shape)
-            gx = fc.avg_pool2d_backward(dy, xa[:1, :1], kernel, **args, backend=backend)
+            dy = rng.standard_normal(y_ref.shape)
+            gx_ref = fc.avg_pool2d_backward(dy, xa, kernel, **args, backend="numpy")
+            for dtype in (np.float32, np.float64):
+                y = fc.avg_pool2d(xa.astype(dtype), kernel, **args, backend=backend)
+                assert rel_err(y, y_ref) <= TOLERANCE[dtype, "pool"], (padding, include)
+                gx = fc.avg_pool2d_backward(dy.astype(dtype), xa.astype(dtype), kernel, **args,
+                                            backend=backend)
+                assert rel_err(gx, gx_ref) <= TOLERANCE[dtype, "pool"], (padding, include)
+            if hw[0] * hw[1] > 200:
+                continue
+            gx = fc.avg_pool2d_backward(dy[:1, :1], xa[:1, :1], kernel, **args, backend=backend)
             numeric = numeric_gradient(
-                lambda z: fc.avg_pool2d(z, kernel, **args, backend="numpy"), xa[:1, :1], dy)
+                lambda z: fc.avg_pool2d(z, kernel, **args, backend="numpy"), xa[:1, :1],
+                dy[:1, :1])
             assert rel_err(gx, numeric) <= 1e-8, (padding, include, override)
 
 
