@@ -7,6 +7,8 @@ runs on one thread. ``kernels`` is ``fastconv._kernels`` or ``fastconv._numba_ke
 the two expose the same names and arguments.
 """
 
+import functools
+
 import numpy as np
 
 from ..winograd import FILTERS, R, TRANSFORMS, rotated_weights
@@ -110,11 +112,11 @@ def direct_convolutions(kernels):
 def pinned_blas(kernel):
     """``kernel`` (one that calls BLAS from its own threads) run with BLAS on one thread."""
 
+    @functools.wraps(kernel)
     def run(*args):
         with kernel_blas_single_threaded():
             kernel(*args)
 
-    run.__name__ = kernel.__name__
     return run
 
 
