@@ -1971,11 +1971,12 @@ def avgpool2d_bwd(const floating[:, :, :, ::1] dy,       # IN  (N, C, OH, OW)
 
 
 cdef inline floating _span_sum(const floating* a, Py_ssize_t n) noexcept nogil:
-    """Sum of a[0:n], in one running sum: global pooling's many short sums overlap
-    each other's adds out of order. Four interleaved partial sums, as the Numba twin
-    keeps, gcc made into vector loads and a shuffle for every element: ResNet's
-    global pooling (8, 2048, 7, 7) took 0.099-0.107 ms with them and 0.084-0.091
-    with one (in-process A/Bs, 2 threads)."""
+    """Sum of a[0:n] (an adaptive window of whole rows), in one running sum: many
+    short sums overlap each other's adds out of order. Four interleaved partial sums,
+    as the Numba twin keeps, gcc made into vector loads and a shuffle for every
+    element: ResNet's global pooling (8, 2048, 7, 7), when it summed its planes so,
+    took 0.099-0.107 ms with them and 0.084-0.091 with one (in-process A/Bs, 2
+    threads)."""
     cdef floating total = 0
     cdef Py_ssize_t i
     for i in range(n):
@@ -1998,7 +1999,7 @@ def adaptive_avgpool2d_fwd(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     with nogil:
         if OH == 1 and OW == 1:
             # global pooling: plane p is row p of a (planes x H*W) matrix, its mean
-            # y[p] = (row . ones) / (H*W), a share of the rows per thread. BLAS keeps
+            # y[p] = (row . ones) * 1/(H*W), a share of the rows per thread. BLAS keeps
             # several rows' sums in flight; one short sum after another (49 values on
             # ResNet's 7x7 maps) waited on its adds: (8, 2048, 7, 7) took 77-82 us.
             for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):

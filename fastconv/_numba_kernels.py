@@ -1810,10 +1810,11 @@ def avgpool2d_bwd(dy,  # IN  (N, C, OH, OW)
 
 @njit
 def _span_sum(a, start, n):
-    """Sum of a[start:start+n] in four interleaved partial sums: one running sum waits
-    for each addition to finish (4 cycles) before the next, four keep the adder busy.
-    (The Cython twin keeps one: gcc turned its four into shuffles of vector loads. One
-    here made ResNet's global pooling 5-25% slower, in-process A/Bs.)"""
+    """Sum of a[start:start+n] (an adaptive window of whole rows) in four interleaved
+    partial sums: one running sum waits for each addition to finish (4 cycles) before
+    the next, four keep the adder busy. (The Cython twin keeps one: gcc turned its
+    four into shuffles of vector loads. One here made ResNet's global pooling, when it
+    summed its planes so, 5-25% slower, in-process A/Bs.)"""
     s0 = s1 = s2 = s3 = a.dtype.type(0)
     end = n - n % 4
     for i in range(0, end, 4):
@@ -1835,7 +1836,7 @@ def adaptive_avgpool2d_fwd(x,  # IN  (N, C, H, W)
     OH, OW = y.shape[2], y.shape[3]
     if OH == 1 and OW == 1:
         # global pooling: plane p is row p of a (planes x H*W) matrix, its mean
-        # y[p] = (row . ones) / (H*W), a share of the rows per thread. BLAS keeps
+        # y[p] = (row . ones) * 1/(H*W), a share of the rows per thread. BLAS keeps
         # several rows' sums in flight; one short sum after another (49 values on
         # ResNet's 7x7 maps) waited on its adds: (8, 2048, 7, 7) took 77-83 us.
         planes, means, ones = x.reshape(-1), y.reshape(-1), np.ones(H * W, y.dtype)
