@@ -1484,9 +1484,11 @@ def _strided_pitch(OW, kw, sw, dw):
 
 @njit
 def _pool2(acc, val, is_max):
-    """acc and val pooled: the larger (NaN wins, as in maxpool2d_fwd) or the sum."""
+    """acc and val pooled: the larger (NaN wins, as in maxpool2d_fwd) or the sum, in
+    the Cython twin's form (there it keeps gcc's scalar code from branching; LLVM
+    selects without branches either way)."""
     if is_max:
-        return val if (val > acc) | (val != val) else acc
+        return val if val != val else (val if val > acc else acc)
     return acc + val
 
 
