@@ -1579,17 +1579,20 @@ cdef void _edge_windows(const floating* cols, Py_ssize_t P, Py_ssize_t W, Py_ssi
                         Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t kw, Py_ssize_t pl,
                         bint is_max, floating* z) noexcept nogil:
     """z[oh*P + ow] = the maximum or sum, in order, of cols[oh*P + ow - pl + j] over
-    j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows."""
+    j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows: a tap
+    at a time down the column (a window at a time, its few taps a loop of their own,
+    took twice as long)."""
     cdef Py_ssize_t ow, oh, j, j0, j1
-    cdef floating acc
+    cdef const floating* c
     for ow in range(ow0, ow1):
         j0 = max(0, pl - ow)
         j1 = min(kw, W + pl - ow)
+        c = cols + ow - pl
         for oh in range(OH):
-            acc = cols[oh * P + ow - pl + j0]
-            for j in range(j0 + 1, j1):
-                acc = _pool2(acc, cols[oh * P + ow - pl + j], is_max)
-            z[oh * P + ow] = acc
+            z[oh * P + ow] = c[oh * P + j0]
+        for j in range(j0 + 1, j1):
+            for oh in range(OH):
+                z[oh * P + ow] = _pool2(z[oh * P + ow], c[oh * P + j], is_max)
 
 
 cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,

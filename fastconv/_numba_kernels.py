@@ -1522,16 +1522,19 @@ def _flat_taps(src, s0, stride, step, taps, dst, d0, length, is_max):
 @njit
 def _edge_windows(cols, c0, P, W, OH, ow0, ow1, kw, pl, is_max, z, z0):
     """z[z0 + oh*P + ow] = the maximum or sum, in order, of cols[c0 + oh*P + ow - pl + j]
-    over j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows."""
+    over j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows: a
+    tap at a time down the column (a window at a time, its few taps a loop of their
+    own, took twice as long)."""
     for ow in range(ow0, ow1):
         j0 = max(0, pl - ow)
         j1 = min(kw, W + pl - ow)
+        at = c0 + ow - pl
         for oh in range(OH):
-            at = c0 + oh * P + ow - pl
-            acc = cols[_u(at + j0)]
-            for j in range(j0 + 1, j1):
-                acc = _pool2(acc, cols[_u(at + j)], is_max)
-            z[_u(z0 + oh * P + ow)] = acc
+            z[_u(z0 + oh * P + ow)] = cols[_u(at + oh * P + j0)]
+        for j in range(j0 + 1, j1):
+            for oh in range(OH):
+                q = z0 + oh * P + ow
+                z[_u(q)] = _pool2(z[_u(q)], cols[_u(at + oh * P + j)], is_max)
 
 
 @njit
