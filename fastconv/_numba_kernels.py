@@ -1538,29 +1538,30 @@ def _edge_windows(cols, c0, P, W, OH, ow0, ow1, kw, pl, is_max, z, z0):
 
 
 @njit
-def _stride1_windows(plane, OH, OW, kh, kw, pt, pl, fill, is_max, scale, buf, out):
-    """out[oh*OW + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
-    with fill (pt, pl <= kh - 1, kw - 1), stride 1, times scale[oh*OW + ow] unless scale
-    is empty; buf holds 2*OH*P + kw values, P = max(W, OW). buf[pl:] holds OH rows of
-    P, each row's kh input rows pooled."""
-    H, W = plane.shape
-    flat = plane.reshape(-1)
+def _stride1_windows(flat, f0, H, W, OH, OW, kh, kw, pt, pl, fill, is_max, scale, buf, out,
+                     o0):
+    """out[o0 + oh*OW + ow] = the maximum or sum of window (oh, ow) of the H x W plane at
+    flat[f0:] padded with fill (pt, pl <= kh - 1, kw - 1), stride 1, times
+    scale[oh*OW + ow] unless scale is empty; buf holds 2*OH*P + kw values,
+    P = max(W, OW). buf[pl:] holds OH rows of P, each row's kh input rows pooled."""
     P = max(W, OW)
     L, r0, r1 = OH * P, pt, min(OH, H - kh + 1 + pt)
-    z, z0 = (out, 0) if OW == P else (buf, L + kw)
+    z, z0 = (out, o0) if OW == P else (buf, L + kw)
     # the margins, and columns W .. P-1, reach only the windows _edge_windows redoes:
     # fill keeps the flat pass from reading uninitialised memory
     buf[:pl] = fill
     buf[pl + L:L + kw - 1] = fill
     if P == W and r1 > r0:      # rows r0 .. r1-1 flat, the others on their own
-        _flat_taps(flat, (r0 - pt) * W, 1, W, kh, buf, pl + r0 * W, (r1 - r0) * W, is_max)
+        _flat_taps(flat, f0 + (r0 - pt) * W, 1, W, kh, buf, pl + r0 * W, (r1 - r0) * W,
+                   is_max)
     else:
         r0 = r1 = 0
     for b in range(OH - (r1 - r0)):
         oh = b if b < r0 else b + r1 - r0
         i0 = max(0, pt - oh)
         i1 = min(kh, H + pt - oh)
-        _flat_taps(flat, (oh - pt + i0) * W, 1, W, i1 - i0, buf, pl + oh * P, W, is_max)
+        _flat_taps(flat, f0 + (oh - pt + i0) * W, 1, W, i1 - i0, buf, pl + oh * P, W,
+                   is_max)
         buf[pl + oh * P + W:pl + oh * P + P] = fill
     _flat_taps(buf, 0, 1, 1, kw, z, z0, L, is_max)
     _edge_windows(buf, pl, P, W, OH, 0, min(pl, OW), kw, pl, is_max, z, z0)
@@ -1569,10 +1570,11 @@ def _stride1_windows(plane, OH, OW, kh, kw, pt, pl, fill, is_max, scale, buf, ou
         for oh in range(OH):
             for ow in range(OW):
                 v = buf[_u(z0 + oh * P + ow)]
-                out[_u(oh * OW + ow)] = v if scale.shape[0] == 0 else v * scale[_u(oh * OW + ow)]
+                out[_u(o0 + oh * OW + ow)] = v if scale.shape[0] == 0 \
+                    else v * scale[_u(oh * OW + ow)]
     elif scale.shape[0]:
         for q in range(OH * OW):
-            out[_u(q)] = out[_u(q)] * scale[_u(q)]
+            out[_u(o0 + q)] = out[_u(o0 + q)] * scale[_u(q)]
 
 
 # A strided window is separable too, but its rows are not a flat shift of each
@@ -1588,13 +1590,11 @@ POOL_BAND = 6144    # values (24 KB of float32) of a band of _strided_windows' r
 
 
 @njit
-def _strided_windows(plane, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows, fill, is_max,
-                     buf):
+def _strided_windows(flat, f0, W, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows, fill,
+                     is_max, buf):
     """buf[(oh - oh0)*Q + ow] = the maximum or sum of window (oh, ow), oh0 <= oh < oh1,
-    of a plane padded with fill, Q = _strided_pitch; rows is _tap_rows; buf holds
-    (oh1 - oh0)*Q*(1 + sw) values."""
-    W = plane.shape[1]
-    flat = plane.reshape(-1)
+    of the plane of W columns at flat[f0:] padded with fill, Q = _strided_pitch; rows
+    is _tap_rows; buf holds (oh1 - oh0)*Q*(1 + sw) values."""
     Q = _strided_pitch(OW, kw, sw, dw)
     Wq, OH = Q * sw, oh1 - oh0
     Wc, wide = min(W, Wq - pl), OH * Q
@@ -1603,7 +1603,7 @@ def _strided_windows(plane, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows, fill
         buf[d:d + pl] = fill
         buf[d + pl + Wc:d + Wq] = fill
         i0 = rows[oh, 0]
-        _flat_taps(flat, (oh * sh - pt + i0 * dh) * W, 1, dh * W, rows[oh, 1] - i0, buf,
+        _flat_taps(flat, f0 + (oh * sh - pt + i0 * dh) * W, 1, dh * W, rows[oh, 1] - i0, buf,
                    d + pl, Wc, is_max)
     if sw == 2 and dw == 1:
         _flat_taps(buf, wide, 2, 1, kw, buf, 0, (OH - 1) * Q + OW, is_max)
@@ -1628,32 +1628,31 @@ def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_thr
     qt, ql = (kh - 1 - pt, kw - 1 - pl) if backward else (pt, pl)
     fill = -np.inf if is_max else 0
     windows_scale = scale[:0] if backward else scale
+    # flat views made once: a view made per plane inside the threads counts a reference
+    # to the caller's array, an atomic add on a cache line both threads write
+    srcf, dstf = src.reshape(-1), dst.reshape(-1)
     for t in prange(n_threads):
         buf = np.empty(2 * OH * pitch + kw if whole else band * pitch * (1 + sw), dst.dtype)
-        shares = np.empty((IH, IW) if backward else (1, 1), dst.dtype)
-        flat_shares = shares.reshape(-1)
+        shares = np.empty(IH * IW if backward else 1, dst.dtype)
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
-            n = plane // C
-            c = plane % C
-            windows_src = src[n, c]
+            windows_src, w0, d0 = srcf, plane * IH * IW, plane * OH * OW
             if backward:
-                dy = windows_src.reshape(-1)
                 for i in range(IH * IW):
-                    flat_shares[_u(i)] = dy[_u(i)] * scale[_u(i)]
-                windows_src = shares
+                    shares[_u(i)] = srcf[_u(w0 + i)] * scale[_u(i)]
+                windows_src, w0 = shares, 0
             if whole:
-                _stride1_windows(windows_src, OH, OW, kh, kw, qt, ql, fill, is_max,
-                                 windows_scale, buf, dst[n, c].reshape(-1))
+                _stride1_windows(windows_src, w0, IH, IW, OH, OW, kh, kw, qt, ql, fill, is_max,
+                                 windows_scale, buf, dstf, d0)
             else:
                 for b in range(_ceil_div(OH, band)):
                     oh0 = b * band
                     oh1 = min(OH, oh0 + band)
-                    _strided_windows(windows_src, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows,
-                                     fill, is_max, buf)
+                    _strided_windows(windows_src, w0, IW, oh0, oh1, OW, kw, sh, sw, pt, pl, dh,
+                                     dw, rows, fill, is_max, buf)
                     for oh in range(oh0, oh1):
-                        drow, b0 = dst[n, c, oh], (oh - oh0) * pitch
+                        b0 = (oh - oh0) * pitch
                         for ow in range(OW):
-                            drow[_u(ow)] = buf[_u(b0 + ow)] if is_max \
+                            dstf[_u(d0 + oh * OW + ow)] = buf[_u(b0 + ow)] if is_max \
                                 else buf[_u(b0 + ow)] * scale[_u(oh * OW + ow)]
 
 
