@@ -28,6 +28,11 @@ from .backends import blas_address
 
 njit = numba.njit(cache=True, nogil=True)
 pnjit = numba.njit(cache=True, nogil=True, parallel=True)
+# Numba's thread pool is started here, once: a cached function compiled without
+# parallel=True that calls one compiled with it (maxpool2d_fwd_values and
+# avgpool2d_fwd call _plane_pool) does not start the pool when it is loaded from the
+# cache (Numba issue 8578), and called first in a process it crashed it
+numba.get_num_threads()
 # Fused multiply-adds (no other fast-math liberty) where an inner loop is a sum of
 # products: gcc fuses them by default in the Cython twin.
 njit_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"})

@@ -126,6 +126,24 @@ def test_thread_count_from_environment(tmp_path):
     assert out.stdout.strip() == "1", out.stderr
 
 
+def test_numba_kernel_loaded_from_the_cache_runs_first_in_a_process(tmp_path):
+    """A cached kernel compiled without parallel=True that calls a parallel one
+    (avgpool2d_fwd calls _plane_pool) may not start Numba's threads when loaded: the
+    third process, whose first Numba call is that kernel, crashed once the second had
+    compiled it against the first's cached _plane_pool."""
+    setup = "import numpy as np, fastconv as fc; x = np.ones((1, 2, 5, 5), np.float32); "
+    steps = [setup + "fc.max_pool2d(x, 3, 1, 1, backend='numba')",
+             setup + "fc.avg_pool2d(x, 3, 1, 1, backend='numba')",
+             setup + "from fastconv import _numba_kernels as k; y = np.empty_like(x); "
+             "k.avgpool2d_fwd(x, y, 3, 3, 1, 1, 1, 1, 1, 1, True, 0, 2); print(y[0, 0, 2, 2])"]
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    for code in steps:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, cwd=tmp_path)
+        assert out.returncode == 0, (code, out.returncode, out.stderr[-2000:])
+    assert out.stdout.strip() == "1.0"
+
+
 def _geometry(kernel=3, stride=1, dilation=1, channels=8, size=16):
     x = np.zeros((1, channels, size, size))
     w = np.zeros((channels, channels, kernel, kernel))
