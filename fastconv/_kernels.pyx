@@ -1883,7 +1883,8 @@ def maxpool2d_fwd_values(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                          Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
                          int n_threads):
     """y = max over each window, without the indices (inference). The maximum of a
-    window does not depend on the order of its taps, so the windows are reduced a
+    window does not depend on the order of its taps (but for which of equal zeros,
+    -0.0 or 0.0, and which NaN's payload, comes out), so the windows are reduced a
     plane at a time, down the rows and then along them (_plane_pool). NaN wins as in
     maxpool2d_fwd."""
     with nogil:

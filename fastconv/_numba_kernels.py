@@ -28,11 +28,6 @@ from .backends import blas_address
 
 njit = numba.njit(cache=True, nogil=True)
 pnjit = numba.njit(cache=True, nogil=True, parallel=True)
-# Numba's thread pool is started here, once: a cached function compiled without
-# parallel=True that calls one compiled with it (maxpool2d_fwd_values and
-# avgpool2d_fwd call _plane_pool) does not start the pool when it is loaded from the
-# cache (Numba issue 8578), and called first in a process it crashed it
-numba.get_num_threads()
 # Fused multiply-adds (no other fast-math liberty) where an inner loop is a sum of
 # products: gcc fuses them by default in the Cython twin.
 njit_fma = numba.njit(cache=True, nogil=True, fastmath={"contract"})
@@ -1621,7 +1616,11 @@ def _strided_windows(flat, f0, W, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows
         _flat_taps(buf, wide, sw, dw, kw, buf, 0, (OH - 1) * Q + OW, is_max)
 
 
-@pnjit
+# Inlined, so that its parallel loop belongs to the kernel that calls it, compiled
+# with parallel=True: a cached kernel compiled without it that calls a parallel
+# function does not start Numba's threads when it is loaded from the cache (Numba
+# issue 8578), and as a process's first Numba call it crashed the process
+@injit
 def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_threads):
     """Pooling a plane at a time, a share of the planes per thread: dst's windows of
     src, the maximum (values only; scale empty) or the average, window (oh, ow) times
@@ -1745,12 +1744,13 @@ def maxpool2d_bwd_input(x,    # IN  (N, C, H, W)
                 dxp[_u(at[ow])] += dy[n, c, oh, ow]
 
 
-@njit
+@pnjit
 def maxpool2d_fwd_values(x,  # IN  (N, C, H, W)
                          y,  # OUT (N, C, OH, OW)
                          kh, kw, sh, sw, pt, pl, dh, dw, n_threads):
     """y = max over each window, without the indices (inference). The maximum of a
-    window does not depend on the order of its taps, so the windows are reduced a
+    window does not depend on the order of its taps (but for which of equal zeros,
+    -0.0 or 0.0, and which NaN's payload, comes out), so the windows are reduced a
     plane at a time, down the rows and then along them (_plane_pool). NaN wins as in
     maxpool2d_fwd."""
     _plane_pool(x, y, kh, kw, sh, sw, pt, pl, dh, dw, np.empty(0, y.dtype), False, n_threads)
@@ -1774,7 +1774,7 @@ def maxpool2d_bwd(dy,       # IN  (N, C, OH, OW)
             dxp[_u(ip[p])] += dyp[p]
 
 
-@njit
+@pnjit
 def avgpool2d_fwd(x,   # IN  (N, C, H, W)
                   y,   # OUT (N, C, OH, OW)
                   kh, kw, sh, sw, pt, pl, dh, dw, count_include_pad, divisor_override,

@@ -127,21 +127,38 @@ def test_thread_count_from_environment(tmp_path):
 
 
 def test_numba_kernel_loaded_from_the_cache_runs_first_in_a_process(tmp_path):
-    """A cached kernel compiled without parallel=True that calls a parallel one
-    (avgpool2d_fwd calls _plane_pool) may not start Numba's threads when loaded: the
-    third process, whose first Numba call is that kernel, crashed once the second had
-    compiled it against the first's cached _plane_pool."""
+    """A cached kernel compiled without parallel=True that calls a parallel function
+    does not start Numba's threads when it is loaded: the third process, whose first
+    Numba call is avgpool2d_fwd loaded from the cache, crashed once the second had
+    compiled it against the first's cached parallel _plane_pool."""
     setup = "import numpy as np, fastconv as fc; x = np.ones((1, 2, 5, 5), np.float32); "
     steps = [setup + "fc.max_pool2d(x, 3, 1, 1, backend='numba')",
              setup + "fc.avg_pool2d(x, 3, 1, 1, backend='numba')",
              setup + "from fastconv import _numba_kernels as k; y = np.empty_like(x); "
-             "k.avgpool2d_fwd(x, y, 3, 3, 1, 1, 1, 1, 1, 1, True, 0, 2); print(y[0, 0, 2, 2])"]
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+             "k.avgpool2d_fwd(x, y, 3, 3, 1, 1, 1, 1, 1, 1, True, 0, 2); "
+             "print(y[0, 0, 2, 2], sum(k.avgpool2d_fwd.stats.cache_hits.values()))"]
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"}
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "cache")
     for code in steps:
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, cwd=tmp_path)
+                             text=True, cwd=tmp_path, timeout=300)
         assert out.returncode == 0, (code, out.returncode, out.stderr[-2000:])
-    assert out.stdout.strip() == "1.0"
+    assert out.stdout.split() == ["1.0", "1"]      # and the kernel came from the cache
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX's")
+def test_a_forked_child_runs_numba_kernels_after_the_parent_listed_the_backends(tmp_path):
+    """Listing the backends imports the Numba kernels but starts no thread pool: GNU
+    OpenMP (Numba's threading layer here) aborts a child forked after its threads
+    started."""
+    code = ("import os, numpy as np, fastconv as fc; fc.available_backends(); pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    x = np.ones((1, 2, 5, 5), np.float32)\n"
+            "    os._exit(0 if fc.max_pool2d(x, 3, 1, 1, backend='numba')[0, 0, 2, 2] == 1 else 3)\n"
+            "print(os.waitpid(pid, 0)[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "0", (out.stdout, out.stderr[-2000:])
 
 
 def _geometry(kernel=3, stride=1, dilation=1, channels=8, size=16):
