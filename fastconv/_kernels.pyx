@@ -1581,7 +1581,7 @@ cdef void _edge_windows(const floating* cols, Py_ssize_t P, Py_ssize_t W, Py_ssi
     """z[oh*P + ow] = the maximum or sum, in order, of cols[oh*P + ow - pl + j] over
     j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows: a tap
     at a time down the column (a window at a time, its few taps a loop of their own,
-    took twice as long)."""
+    the 768x17x17 3x3 average took 65-72 us against 50-56)."""
     cdef Py_ssize_t ow, oh, j, j0, j1
     cdef const floating* c
     for ow in range(ow0, ow1):
