@@ -128,9 +128,10 @@ def test_thread_count_from_environment(tmp_path):
 
 def test_numba_kernel_loaded_from_the_cache_runs_first_in_a_process(tmp_path):
     """A cached kernel compiled without parallel=True that calls a parallel function
-    does not start Numba's threads when it is loaded: the third process, whose first
-    Numba call is avgpool2d_fwd loaded from the cache, crashed once the second had
-    compiled it against the first's cached parallel _plane_pool."""
+    does not start Numba's threads when it is loaded. While avgpool2d_fwd was such a
+    kernel (with _plane_pool a parallel function of its own, now inlined into it), the
+    third process, whose first Numba call is avgpool2d_fwd loaded from the cache,
+    crashed once the second had compiled it against the first's cached _plane_pool."""
     setup = "import numpy as np, fastconv as fc; x = np.ones((1, 2, 5, 5), np.float32); "
     steps = [setup + "fc.max_pool2d(x, 3, 1, 1, backend='numba')",
              setup + "fc.avg_pool2d(x, 3, 1, 1, backend='numba')",
