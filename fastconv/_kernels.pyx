@@ -1529,10 +1529,12 @@ cdef inline bint _whole_planes(Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh,
 
 
 cdef inline Py_ssize_t _strided_pitch(Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sw,
-                                      Py_ssize_t dw) noexcept nogil:
-    """Q, the outputs a row of _strided_windows takes: its Q*sw columns hold the
-    (OW - 1)*sw + (kw - 1)*dw + 1 that the row's windows reach."""
-    return _ceil_div((OW - 1) * sw + (kw - 1) * dw + 1, sw)
+                                      Py_ssize_t pl, Py_ssize_t dw) noexcept nogil:
+    """P >= OW, the outputs a row of _strided_windows takes: its P*sw columns, the
+    input's from column 0, hold the (OW - 1)*sw - pl + (kw - 1)*dw + 1 that the row's
+    windows reach (P = OW unless windows overlap past the padding, as 3x3 stride 2
+    without padding)."""
+    return OW + max(0, ((kw - 1) * dw - pl) // sw)
 
 
 cdef inline floating _pool2(floating acc, floating val, bint is_max) noexcept nogil:
@@ -1575,30 +1577,39 @@ cdef inline void _flat_taps(const floating* src, Py_ssize_t stride, Py_ssize_t s
             dst[p] = _pool2(acc, s[p * stride + 2 * step], is_max)
 
 
-cdef void _edge_windows(const floating* cols, Py_ssize_t P, Py_ssize_t W, Py_ssize_t OH,
-                        Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t kw, Py_ssize_t pl,
-                        bint is_max, floating* z) noexcept nogil:
-    """z[oh*P + ow] = the maximum or sum, in order, of cols[oh*P + ow - pl + j] over
-    j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows: a tap
-    at a time down the column (a window at a time, its few taps a loop of their own,
-    the 768x17x17 3x3 average took 65-72 us against 50-56)."""
-    cdef Py_ssize_t ow, oh, j, j0, j1
-    cdef const floating* c
+cdef inline void _edge_windows(const floating* cols, Py_ssize_t V, Py_ssize_t W,
+                               Py_ssize_t OH, Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t kw,
+                               Py_ssize_t sw, Py_ssize_t pl, Py_ssize_t dw, bint is_max,
+                               floating* z, Py_ssize_t P) noexcept nogil:
+    """z[oh*P + ow] = the maximum or sum, in order, of cols[oh*V + ow*sw - pl + j*dw]
+    over j < kw with 0 <= ow*sw - pl + j*dw < W, for the columns ow0 <= ow < ow1 of OH
+    rows: a tap at a time down the column (a window at a time, its few taps a loop of
+    their own, the 768x17x17 3x3 average took 65-72 us against 50-56)."""
+    cdef Py_ssize_t ow, oh, j, j0, j1, c
     for ow in range(ow0, ow1):
-        j0 = max(0, pl - ow)
-        j1 = min(kw, W + pl - ow)
-        c = cols + ow - pl
+        c = ow * sw - pl
+        j0 = 0
+        while j0 < kw and c + j0 * dw < 0:
+            j0 += 1
+        j1 = kw
+        while j1 > j0 and c + (j1 - 1) * dw >= W:
+            j1 -= 1
         for oh in range(OH):
-            z[oh * P + ow] = c[oh * P + j0]
+            z[oh * P + ow] = cols[oh * V + c + j0 * dw]
         for j in range(j0 + 1, j1):
             for oh in range(OH):
-                z[oh * P + ow] = _pool2(z[oh * P + ow], c[oh * P + j], is_max)
+                z[oh * P + ow] = _pool2(z[oh * P + ow], cols[oh * V + c + j * dw], is_max)
 
 
-cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
-                           Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
-                           Py_ssize_t pt, Py_ssize_t pl, floating fill, bint is_max,
-                           const floating* scale, floating* buf, floating* out) noexcept nogil:
+# Neither this nor _strided_windows is inlined into _plane_pool (no more than _tile
+# into its caller): inside the parallel region gcc kept the flat passes' pointers and
+# a vector on the stack, loading and storing them every iteration (the 192x35x35
+# average took 2-3 us longer).
+cdef noinline_void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
+                                    Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh,
+                                    Py_ssize_t kw, Py_ssize_t pt, Py_ssize_t pl,
+                                    floating fill, bint is_max, const floating* scale,
+                                    floating* buf, floating* out) noexcept nogil:
     """out[oh*OW + ow] = the maximum or sum of window (oh, ow) of an H x W plane padded
     with fill (pt, pl <= kh - 1, kw - 1), stride 1, times scale[oh*OW + ow] unless scale
     is NULL; buf holds 2*OH*P + kw values, P = max(W, OW)."""
@@ -1624,8 +1635,8 @@ cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
         for s in range(W, P):
             cols[oh * P + s] = fill
     _flat_taps(cols - pl, 1, 1, kw, z, L, is_max)
-    _edge_windows(cols, P, W, OH, 0, min(pl, OW), kw, pl, is_max, z)
-    _edge_windows(cols, P, W, OH, max(pl, W - kw + 1 + pl), OW, kw, pl, is_max, z)
+    _edge_windows(cols, P, W, OH, 0, min(pl, OW), kw, 1, pl, 1, is_max, z, P)
+    _edge_windows(cols, P, W, OH, max(pl, W - kw + 1 + pl), OW, kw, 1, pl, 1, is_max, z, P)
     if OW != P:
         for oh in range(OH):
             for ow in range(OW):
@@ -1638,42 +1649,50 @@ cdef void _stride1_windows(const floating* plane, Py_ssize_t H, Py_ssize_t W,
 
 # A strided window is separable too, but its rows are not a flat shift of each
 # other: each output row first reduces its kh input rows (contiguous, the whole
-# width), into a row padded with fill, then one pass over all those rows, flat,
-# takes the kw taps of every window at stride sw (rows of Q*sw columns keep the
-# flat index q*sw of window q on the row it belongs to), a band of rows at a
-# time that stays in L1. Row by row and tap by tap, the 3x3 stride-2 max pooling
-# of ResNet's stem reduced each input row 1.5 times and ran twelve loops of 56 or
-# 112 per output row.
+# width) into a row of V = P*sw values, the input's columns 0 .. V - 1 (fill past
+# its last; P = _strided_pitch), then one pass over all those rows, flat, takes
+# the kw taps of every window at stride sw (window q of a row reads its columns
+# q*sw - pl + j*dw: the flat index of the row's start plus those), a band of rows
+# at a time that stays in L1. The windows with a tap left of column 0, a few a row,
+# read the row before's last values there: _edge_windows redoes them. Where
+# P = OW (the windows do not overlap, or a padding of 1 covers 3x3 stride 2's
+# overlap) the flat pass writes the output itself. Row by row and tap by tap, the
+# 3x3 stride-2 max pooling of ResNet's stem reduced each input row 1.5 times and ran
+# twelve loops of 56 or 112 per output row; with the rows padded on the left, a
+# value longer than the output's, copying the windows out took a seventh of the
+# Numba twin's time on that layer.
 
 cdef enum:
     POOL_BAND = 6144    # values (24 KB of float32) of a band of _strided_windows' rows
 
-cdef void _strided_windows(const floating* plane, Py_ssize_t W, Py_ssize_t oh0,
-                           Py_ssize_t oh1, Py_ssize_t OW, Py_ssize_t kw, Py_ssize_t sh,
-                           Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t dh,
-                           Py_ssize_t dw, const Py_ssize_t* rows, floating fill, bint is_max,
-                           floating* buf) noexcept nogil:
-    """buf[(oh - oh0)*Q + ow] = the maximum or sum of window (oh, ow), oh0 <= oh < oh1,
-    of a plane of W columns padded with fill, Q = _strided_pitch; rows[2*oh : 2*oh + 2]
+cdef noinline_void _strided_windows(const floating* plane, Py_ssize_t W, Py_ssize_t oh0,
+                                    Py_ssize_t oh1, Py_ssize_t OW, Py_ssize_t kw,
+                                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                                    Py_ssize_t pl, Py_ssize_t dh, Py_ssize_t dw,
+                                    const Py_ssize_t* rows, floating fill, bint is_max,
+                                    floating* buf, floating* out) noexcept nogil:
+    """out[(oh - oh0)*P + ow] = the maximum or sum of window (oh, ow), oh0 <= oh < oh1,
+    of a plane of W columns padded with fill, P = _strided_pitch; rows[2*oh : 2*oh + 2]
     are the window row's taps inside the plane (_tap_rows); buf holds
-    (oh1 - oh0)*Q*(1 + sw) values."""
-    cdef Py_ssize_t Q = _strided_pitch(OW, kw, sw, dw), Wq = Q * sw, OH = oh1 - oh0, oh, s, i0
-    cdef Py_ssize_t Wc = min(W, Wq - pl)
-    cdef floating* wide = buf + OH * Q
+    pl + (oh1 - oh0)*P*sw values."""
+    cdef Py_ssize_t P = _strided_pitch(OW, kw, sw, pl, dw), V = P * sw, OH = oh1 - oh0
+    cdef Py_ssize_t Wc = min(W, V), oh, s, i0
+    cdef floating* wide = buf + pl
     cdef floating* d
+    for s in range(-pl, 0):         # read only by windows _edge_windows redoes
+        wide[s] = fill
     for oh in range(oh0, oh1):
-        d = wide + (oh - oh0) * Wq
-        for s in range(pl):
-            d[s] = fill
-        for s in range(pl + Wc, Wq):
-            d[s] = fill
+        d = wide + (oh - oh0) * V
         i0 = rows[2 * oh]
         _flat_taps(plane + (oh * sh - pt + i0 * dh) * W, 1, dh * W, rows[2 * oh + 1] - i0,
-                   d + pl, Wc, is_max)
+                   d, Wc, is_max)
+        for s in range(Wc, V):
+            d[s] = fill
     if sw == 2 and dw == 1:
-        _flat_taps(wide, 2, 1, kw, buf, (OH - 1) * Q + OW, is_max)
+        _flat_taps(wide - pl, 2, 1, kw, out, (OH - 1) * P + OW, is_max)
     else:
-        _flat_taps(wide, sw, dw, kw, buf, (OH - 1) * Q + OW, is_max)
+        _flat_taps(wide - pl, sw, dw, kw, out, (OH - 1) * P + OW, is_max)
+    _edge_windows(wide, V, W, OH, 0, min(OW, _ceil_div(pl, sw)), kw, sw, pl, dw, is_max, out, P)
 
 
 cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] dst,
@@ -1689,15 +1708,18 @@ cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] d
     cdef bint is_max = scale == NULL, whole = _whole_planes(sh, sw, dh, dw)
     cdef Py_ssize_t C = src.shape[1], IH = src.shape[2], IW = src.shape[3]
     cdef Py_ssize_t OH = dst.shape[2], OW = dst.shape[3]
-    cdef Py_ssize_t pitch = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
+    cdef Py_ssize_t pitch = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, pl, dw)
     cdef Py_ssize_t band = OH if whole else max(1, min(OH, POOL_BAND // (pitch * (1 + sw))))
     cdef Py_ssize_t planes = src.shape[0] * C, t, plane, n, c, oh, ow, b, oh0, oh1, i
+    cdef bint direct = pitch == OW      # the strided windows written in place
     cdef Py_ssize_t qt = kh - 1 - pt if backward else pt, ql = kw - 1 - pl if backward else pl
     cdef floating fill = -INFINITY if is_max else 0
     cdef const floating* windows_scale = scale
     cdef const floating* windows_src
     cdef floating* buf
     cdef floating* shares
+    cdef floating* y
+    cdef floating* windows
     cdef Py_ssize_t* rows = NULL
     if backward:
         windows_scale = NULL
@@ -1707,7 +1729,7 @@ cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] d
             rows[2 * oh] = _first_tap(oh * sh - pt, dh, kh)
             rows[2 * oh + 1] = _end_tap(oh * sh - pt, dh, kh, IH)
     for t in prange(n_threads, schedule="static", chunksize=1, num_threads=n_threads):
-        buf = <floating*> malloc((2 * OH * pitch + kw if whole else band * pitch * (1 + sw))
+        buf = <floating*> malloc((2 * OH * pitch + kw if whole else pl + band * pitch * (1 + sw))
                                  * sizeof(floating))
         shares = <floating*> malloc((IH * IW if backward else 1) * sizeof(floating))
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
@@ -1718,19 +1740,25 @@ cdef void _plane_pool(const floating[:, :, :, ::1] src, floating[:, :, :, ::1] d
                 for i in range(IH * IW):
                     shares[i] = windows_src[i] * scale[i]
                 windows_src = shares
+            y = &dst[n, c, 0, 0]
             if whole:
                 _stride1_windows(windows_src, IH, IW, OH, OW, kh, kw, qt, ql, fill, is_max,
-                                 windows_scale, buf, &dst[n, c, 0, 0])
+                                 windows_scale, buf, y)
             else:
                 for b in range(_ceil_div(OH, band)):
                     oh0 = b * band
                     oh1 = min(OH, oh0 + band)
+                    windows = y + oh0 * OW if direct else buf
                     _strided_windows(windows_src, IW, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw,
-                                     rows, fill, is_max, buf)
-                    for oh in range(oh0, oh1):
-                        for ow in range(OW):
-                            dst[n, c, oh, ow] = buf[(oh - oh0) * pitch + ow] if is_max \
-                                else buf[(oh - oh0) * pitch + ow] * scale[oh * OW + ow]
+                                     rows, fill, is_max, buf + band * pitch, windows)
+                    if direct and not is_max:
+                        for i in range(oh0 * OW, oh1 * OW):
+                            y[i] = y[i] * scale[i]
+                    elif not direct:
+                        for oh in range(oh0, oh1):
+                            for ow in range(OW):
+                                y[oh * OW + ow] = windows[(oh - oh0) * pitch + ow] if is_max \
+                                    else windows[(oh - oh0) * pitch + ow] * scale[oh * OW + ow]
         free(shares)
         free(buf)
     free(rows)

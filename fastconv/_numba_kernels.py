@@ -1481,10 +1481,12 @@ def _whole_planes(sh, sw, dh, dw):
 
 
 @njit
-def _strided_pitch(OW, kw, sw, dw):
-    """Q, the outputs a row of _strided_windows takes: its Q*sw columns hold the
-    (OW - 1)*sw + (kw - 1)*dw + 1 that the row's windows reach."""
-    return _ceil_div((OW - 1) * sw + (kw - 1) * dw + 1, sw)
+def _strided_pitch(OW, kw, sw, pl, dw):
+    """P >= OW, the outputs a row of _strided_windows takes: its P*sw columns, the
+    input's from column 0, hold the (OW - 1)*sw - pl + (kw - 1)*dw + 1 that the row's
+    windows reach (P = OW unless windows overlap past the padding, as 3x3 stride 2
+    without padding)."""
+    return OW + max(0, ((kw - 1) * dw - pl) // sw)
 
 
 @njit
@@ -1525,21 +1527,27 @@ def _flat_taps(src, s0, stride, step, taps, dst, d0, length, is_max):
 
 
 @injit
-def _edge_windows(cols, c0, P, W, OH, ow0, ow1, kw, pl, is_max, z, z0):
-    """z[z0 + oh*P + ow] = the maximum or sum, in order, of cols[c0 + oh*P + ow - pl + j]
-    over j < kw with 0 <= ow - pl + j < W, for the columns ow0 <= ow < ow1 of OH rows: a
-    tap at a time down the column, as the Cython twin (whose window-at-a-time loops
-    cost gcc's code a fifth of the 768x17x17 average; LLVM's ran either order alike)."""
+def _edge_windows(cols, c0, V, W, OH, ow0, ow1, kw, sw, pl, dw, is_max, z, z0, P):
+    """z[z0 + oh*P + ow] = the maximum or sum, in order, of
+    cols[c0 + oh*V + ow*sw - pl + j*dw] over j < kw with 0 <= ow*sw - pl + j*dw < W, for
+    the columns ow0 <= ow < ow1 of OH rows: a tap at a time down the column, as the
+    Cython twin (whose window-at-a-time loops cost gcc's code a fifth of the 768x17x17
+    average; LLVM's ran either order alike)."""
     for ow in range(ow0, ow1):
-        j0 = max(0, pl - ow)
-        j1 = min(kw, W + pl - ow)
-        at = c0 + ow - pl
+        c = ow * sw - pl
+        j0 = 0
+        while j0 < kw and c + j0 * dw < 0:
+            j0 += 1
+        j1 = kw
+        while j1 > j0 and c + (j1 - 1) * dw >= W:
+            j1 -= 1
+        at = c0 + c
         for oh in range(OH):
-            z[_u(z0 + oh * P + ow)] = cols[_u(at + oh * P + j0)]
+            z[_u(z0 + oh * P + ow)] = cols[_u(at + oh * V + j0 * dw)]
         for j in range(j0 + 1, j1):
             for oh in range(OH):
                 q = z0 + oh * P + ow
-                z[_u(q)] = _pool2(z[_u(q)], cols[_u(at + oh * P + j)], is_max)
+                z[_u(q)] = _pool2(z[_u(q)], cols[_u(at + oh * V + j * dw)], is_max)
 
 
 @injit
@@ -1569,8 +1577,9 @@ def _stride1_windows(flat, f0, H, W, OH, OW, kh, kw, pt, pl, fill, is_max, scale
                    is_max)
         buf[pl + oh * P + W:pl + oh * P + P] = fill
     _flat_taps(buf, 0, 1, 1, kw, z, z0, L, is_max)
-    _edge_windows(buf, pl, P, W, OH, 0, min(pl, OW), kw, pl, is_max, z, z0)
-    _edge_windows(buf, pl, P, W, OH, max(pl, W - kw + 1 + pl), OW, kw, pl, is_max, z, z0)
+    _edge_windows(buf, pl, P, W, OH, 0, min(pl, OW), kw, 1, pl, 1, is_max, z, z0, P)
+    _edge_windows(buf, pl, P, W, OH, max(pl, W - kw + 1 + pl), OW, kw, 1, pl, 1, is_max, z,
+                  z0, P)
     if OW != P:
         for oh in range(OH):
             for ow in range(OW):
@@ -1584,36 +1593,44 @@ def _stride1_windows(flat, f0, H, W, OH, OW, kh, kw, pt, pl, fill, is_max, scale
 
 # A strided window is separable too, but its rows are not a flat shift of each
 # other: each output row first reduces its kh input rows (contiguous, the whole
-# width), into a row padded with fill, then one pass over all those rows, flat,
-# takes the kw taps of every window at stride sw (rows of Q*sw columns keep the
-# flat index q*sw of window q on the row it belongs to), a band of rows at a
-# time that stays in L1. Row by row and tap by tap, the 3x3 stride-2 max pooling
-# of ResNet's stem reduced each input row 1.5 times and ran twelve loops of 56 or
-# 112 per output row.
+# width) into a row of V = P*sw values, the input's columns 0 .. V - 1 (fill past
+# its last; P = _strided_pitch), then one pass over all those rows, flat, takes
+# the kw taps of every window at stride sw (window q of a row reads its columns
+# q*sw - pl + j*dw: the flat index of the row's start plus those), a band of rows
+# at a time that stays in L1. The windows with a tap left of column 0, a few a row,
+# read the row before's last values there: _edge_windows redoes them. Where
+# P = OW (the windows do not overlap, or a padding of 1 covers 3x3 stride 2's
+# overlap) the flat pass writes the output itself. Row by row and tap by tap, the
+# 3x3 stride-2 max pooling of ResNet's stem reduced each input row 1.5 times and ran
+# twelve loops of 56 or 112 per output row; with the rows padded on the left, a
+# value longer than the output's, copying the windows out took a seventh of this
+# twin's time on that layer.
 
 POOL_BAND = 6144    # values (24 KB of float32) of a band of _strided_windows' rows
 
 
 @njit
 def _strided_windows(flat, f0, W, oh0, oh1, OW, kw, sh, sw, pt, pl, dh, dw, rows, fill,
-                     is_max, buf):
-    """buf[(oh - oh0)*Q + ow] = the maximum or sum of window (oh, ow), oh0 <= oh < oh1,
-    of the plane of W columns at flat[f0:] padded with fill, Q = _strided_pitch; rows
-    is _tap_rows; buf holds (oh1 - oh0)*Q*(1 + sw) values."""
-    Q = _strided_pitch(OW, kw, sw, dw)
-    Wq, OH = Q * sw, oh1 - oh0
-    Wc, wide = min(W, Wq - pl), OH * Q
+                     is_max, buf, b0, out, o0):
+    """out[o0 + (oh - oh0)*P + ow] = the maximum or sum of window (oh, ow),
+    oh0 <= oh < oh1, of the plane of W columns at flat[f0:] padded with fill,
+    P = _strided_pitch; rows is _tap_rows; buf[b0:] holds pl + (oh1 - oh0)*P*sw values."""
+    P = _strided_pitch(OW, kw, sw, pl, dw)
+    V, OH = P * sw, oh1 - oh0
+    Wc = min(W, V)
+    buf[b0:b0 + pl] = fill      # read only by windows _edge_windows redoes
     for oh in range(oh0, oh1):
-        d = wide + (oh - oh0) * Wq
-        buf[d:d + pl] = fill
-        buf[d + pl + Wc:d + Wq] = fill
+        d = b0 + pl + (oh - oh0) * V
         i0 = rows[oh, 0]
         _flat_taps(flat, f0 + (oh * sh - pt + i0 * dh) * W, 1, dh * W, rows[oh, 1] - i0, buf,
-                   d + pl, Wc, is_max)
+                   d, Wc, is_max)
+        buf[d + Wc:d + V] = fill
     if sw == 2 and dw == 1:
-        _flat_taps(buf, wide, 2, 1, kw, buf, 0, (OH - 1) * Q + OW, is_max)
+        _flat_taps(buf, b0, 2, 1, kw, out, o0, (OH - 1) * P + OW, is_max)
     else:
-        _flat_taps(buf, wide, sw, dw, kw, buf, 0, (OH - 1) * Q + OW, is_max)
+        _flat_taps(buf, b0, sw, dw, kw, out, o0, (OH - 1) * P + OW, is_max)
+    _edge_windows(buf, b0 + pl, V, W, OH, 0, min(OW, _ceil_div(pl, sw)), kw, sw, pl, dw, is_max,
+                  out, o0, P)
 
 
 # Inlined, so that its parallel loop belongs to the kernel that calls it, compiled
@@ -1631,7 +1648,8 @@ def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_thr
     C, IH, IW = src.shape[1], src.shape[2], src.shape[3]
     OH, OW = dst.shape[2], dst.shape[3]
     planes, is_max, whole = src.shape[0] * C, scale.shape[0] == 0, _whole_planes(sh, sw, dh, dw)
-    pitch = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, dw)
+    pitch = max(IW, OW) if whole else _strided_pitch(OW, kw, sw, pl, dw)
+    direct = pitch == OW        # the strided windows written in place
     band = OH if whole else max(1, min(OH, POOL_BAND // (pitch * (1 + sw))))
     rows = np.empty((0, 2), np.int64) if whole else _tap_rows(OH, kh, sh, pt, dh, IH)
     qt, ql = (kh - 1 - pt, kw - 1 - pl) if backward else (pt, pl)
@@ -1642,7 +1660,8 @@ def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_thr
     # and took 10-20% longer on planes of 7x7 to 17x17
     srcf, dstf = src.reshape(-1), dst.reshape(-1)
     for t in prange(n_threads):
-        buf = np.empty(2 * OH * pitch + kw if whole else band * pitch * (1 + sw), dst.dtype)
+        buf = np.empty(2 * OH * pitch + kw if whole else pl + band * pitch * (1 + sw),
+                       dst.dtype)
         shares = np.empty(IH * IW if backward else 1, dst.dtype)
         for plane in range(_share(planes, t, n_threads), _share(planes, t + 1, n_threads)):
             windows_src, w0, d0 = srcf, plane * IH * IW, plane * OH * OW
@@ -1657,13 +1676,18 @@ def _plane_pool(src, dst, kh, kw, sh, sw, pt, pl, dh, dw, scale, backward, n_thr
                 for b in range(_ceil_div(OH, band)):
                     oh0 = b * band
                     oh1 = min(OH, oh0 + band)
+                    windows, o0 = (dstf, d0 + oh0 * OW) if direct else (buf, 0)
                     _strided_windows(windows_src, w0, IW, oh0, oh1, OW, kw, sh, sw, pt, pl, dh,
-                                     dw, rows, fill, is_max, buf)
-                    for oh in range(oh0, oh1):
-                        b0 = (oh - oh0) * pitch
-                        for ow in range(OW):
-                            dstf[_u(d0 + oh * OW + ow)] = buf[_u(b0 + ow)] if is_max \
-                                else buf[_u(b0 + ow)] * scale[_u(oh * OW + ow)]
+                                     dw, rows, fill, is_max, buf, band * pitch, windows, o0)
+                    if direct and not is_max:
+                        for i in range(oh0 * OW, oh1 * OW):
+                            dstf[_u(d0 + i)] = dstf[_u(d0 + i)] * scale[_u(i)]
+                    elif not direct:
+                        for oh in range(oh0, oh1):
+                            b0 = (oh - oh0) * pitch
+                            for ow in range(OW):
+                                dstf[_u(d0 + oh * OW + ow)] = buf[_u(b0 + ow)] if is_max \
+                                    else buf[_u(b0 + ow)] * scale[_u(oh * OW + ow)]
 
 
 @njit
