@@ -9,6 +9,11 @@ from fastconv.bench import CONV_LAYERS, conv_candidates
 
 from conftest import torch_or_skip
 
+# A few calls before the timing: the first loads Numba's compiled kernels from its
+# cache and starts the thread pools, and pytest-benchmark sizes its rounds from it
+# (Numba's first pooling layer ran 5 or 6 rounds instead of a thousand).
+pytestmark = pytest.mark.benchmark(warmup=True, warmup_iterations=10)
+
 CASES = [pytest.param(layer, backend, algo, id=f"{layer.name}-{backend}-{algo}")
          for layer in CONV_LAYERS for backend, algo in conv_candidates(layer)[1]]
 LAYERS = [pytest.param(layer, id=layer.name) for layer in CONV_LAYERS]

@@ -8,6 +8,11 @@ from fastconv.backends import get_backend
 
 from conftest import torch_or_skip
 
+# A few calls before the timing: the first loads Numba's compiled kernels from its
+# cache and starts the thread pools, and pytest-benchmark sizes its rounds from it
+# (Numba's first pooling layer ran 5 or 6 rounds instead of a thousand).
+pytestmark = pytest.mark.benchmark(warmup=True, warmup_iterations=10)
+
 KERNEL = {"max": "maxpool2d_fwd", "avg": "avgpool2d_fwd", "global": "adaptive_avgpool2d_fwd"}
 CASES = [pytest.param(layer, backend, id=f"{layer.name}-{backend}")
          for layer in POOL_LAYERS for backend in fc.available_backends()
