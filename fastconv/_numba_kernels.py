@@ -1603,8 +1603,8 @@ def _stride1_windows(flat, f0, H, W, OH, OW, kh, kw, pt, pl, fill, is_max, scale
 # overlap) the flat pass writes the output itself. Row by row and tap by tap, the
 # 3x3 stride-2 max pooling of ResNet's stem reduced each input row 1.5 times and ran
 # twelve loops of 56 or 112 per output row; with the rows padded on the left, a
-# value longer than the output's, copying the windows out took a seventh of this
-# twin's time on that layer.
+# value longer than the output's, and the windows copied out, it took 0.094-0.095 ms
+# against 0.086.
 
 POOL_BAND = 6144    # values (24 KB of float32) of a band of _strided_windows' rows
 

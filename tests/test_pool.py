@@ -226,9 +226,9 @@ def test_stride1_pooling_takes_whole_planes(backend, kernel, hw):
                                 dict(kernel_size=(3, 2), stride=(1, 2), dilation=(2, 3))])
 def test_strided_pooling_reduces_rows_in_bands(backend, kw):
     """Strided max (values only) and average pooling reduce each output row's input
-    rows into padded rows, then take the windows along them in one strided pass, a
-    band of rows at a time: planes wide enough for several bands, NaN and -inf for
-    max, both divisors and an override for average."""
+    rows into rows of the input's columns, then take the windows along them in one
+    strided pass, a band of rows at a time: planes wide enough for several bands,
+    NaN and -inf for max, both divisors and an override for average."""
     rng = np.random.default_rng(len(str(kw)))
     shape = (1, 2, 23, 1003)
     x = rng.integers(-2, 3, shape).astype(np.float32)
