@@ -1590,12 +1590,8 @@ cdef inline void _edge_windows(const floating* cols, Py_ssize_t V, Py_ssize_t W,
     cdef Py_ssize_t ow, oh, j, j0, j1, c
     for ow in range(ow0, ow1):
         c = ow * sw - pl
-        j0 = 0
-        while j0 < kw and c + j0 * dw < 0:
-            j0 += 1
-        j1 = kw
-        while j1 > j0 and c + (j1 - 1) * dw >= W:
-            j1 -= 1
+        j0 = _first_tap(c, dw, kw)
+        j1 = _end_tap(c, dw, kw, W)
         for oh in range(OH):
             z[oh * P + ow] = cols[oh * V + c + j0 * dw]
         for j in range(j0 + 1, j1):

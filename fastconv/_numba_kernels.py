@@ -1535,12 +1535,8 @@ def _edge_windows(cols, c0, V, W, OH, ow0, ow1, kw, sw, pl, dw, is_max, z, z0, P
     average; LLVM's ran either order alike)."""
     for ow in range(ow0, ow1):
         c = ow * sw - pl
-        j0 = 0
-        while j0 < kw and c + j0 * dw < 0:
-            j0 += 1
-        j1 = kw
-        while j1 > j0 and c + (j1 - 1) * dw >= W:
-            j1 -= 1
+        j0 = _first_tap(c, dw, kw)
+        j1 = _end_tap(c, dw, kw, W)
         at = c0 + c
         for oh in range(OH):
             z[_u(z0 + oh * P + ow)] = cols[_u(at + oh * V + j0 * dw)]
