@@ -317,14 +317,14 @@ def test_winograd_workspace_is_kept_per_thread_and_its_buffers_do_not_overlap():
 
     from fastconv.backends._workspace import winograd_workspace
 
-    v, m = winograd_workspace(6, 256, 128, 20, 14, np.float32)
+    v, m = winograd_workspace(6, 256, 128, 1, 20, 14, np.float32)
     assert v.shape == (36 * 256, 252) and m.shape == (36 * 128, 252)     # 18 rows of 14
     assert not np.shares_memory(v, m)
-    v2, m2 = winograd_workspace(4, 64, 64, 10, 10, np.float64)     # smaller: the same bytes
+    v2, m2 = winograd_workspace(4, 64, 64, 1, 10, 10, np.float64)     # smaller: the same bytes
     assert v2.dtype == np.float64 and np.shares_memory(v, v2)
     other = []
     thread = threading.Thread(target=lambda: other.extend(
-        winograd_workspace(6, 256, 128, 20, 14, np.float32)))
+        winograd_workspace(6, 256, 128, 1, 20, 14, np.float32)))
     thread.start()
     thread.join()
     assert not any(np.shares_memory(a, b) for a in other for b in (v, m))

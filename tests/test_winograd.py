@@ -118,13 +118,63 @@ def test_runs_of_single_tile_rows(monkeypatch, backend, algo):
     # U (alpha^2 x 7 x 5 float64) just fits: room for V of 7 tiles, less than a row
     monkeypatch.setattr(_workspace, "WINOGRAD_CACHE", (m + 2) ** 2 * 7 * 5 * 8)
     tiles_h, tiles_w = -(-h // m), -(-wd // m)
-    assert winograd_workspace(m + 2, 5, 7, tiles_h, tiles_w, np.float64)[0].shape[1] == tiles_w
+    assert winograd_workspace(m + 2, 5, 7, 2, tiles_h, tiles_w,
+                              np.float64)[0].shape[1] == tiles_w
     args = ((1, 1), (1, 1, 1, 1), (1, 1), 1)
     y = fc.conv2d(x, w, b, padding=1, algorithm=algo, backend=backend)
     assert rel_err(y, oracle.conv2d(x, w, b, *args)) <= 1e-10
     dy = rng.standard_normal(y.shape)
     gx = fc.conv2d_backward(dy, x, w, padding=1, algorithm=algo, backend=backend)[0]
     assert rel_err(gx, oracle.conv2d_backward(dy, x, w, *args)[0]) <= 1e-10
+
+
+def test_images_of_few_tiles_share_a_run():
+    """T for F(4x4) on 512 channels: an image's tiles, or, where it has fewer than
+    WINOGRAD_FEWEST (32), as many whole images' as reach that, if the batch has them."""
+    from fastconv.backends._workspace import winograd_workspace
+
+    def tiles(images, size):
+        tiles_h = -(-size // 4)
+        return winograd_workspace(6, 512, 512, images, tiles_h, tiles_h, np.float32)[0].shape[1]
+
+    assert (tiles(1, 7), tiles(4, 7), tiles(8, 7), tiles(16, 7)) == (4, 16, 32, 32)
+    assert (tiles(1, 14), tiles(8, 14), tiles(8, 17), tiles(8, 28)) == (16, 32, 50, 49)
+
+
+@pytest.mark.parametrize("backend,algo", [c for c in CASES if c[0] != "numpy"])
+@pytest.mark.parametrize("run_rows", [2, 4, 7, 11, 15])
+def test_runs_span_the_images_of_a_batch(monkeypatch, backend, algo, run_rows):
+    """Images of fewer than WINOGRAD_FEWEST tiles share runs: a run takes whole tile
+    rows of the batch as one sequence, image after image. Runs of 2, 4, 7 and 11
+    rows over three images of 5 tile rows each start and end inside images and
+    hold the end of one and the start of the next (7 and 11: a whole image
+    between two parts); 15 is the whole batch. Two groups, cut tiles at the right and bottom edges,
+    both kinds of product; forward and data gradient against the oracle."""
+    from fastconv.backends import _compiled, _workspace
+    from fastconv.backends._workspace import WINOGRAD_FEWEST, winograd_workspace
+
+    m = int(algo[-1])
+    alpha = m + 2
+    rng = np.random.default_rng(10)
+    h, wd = 5 * m - 2, 3 * m - 1                    # 5 x 3 tiles, the last of each cut
+    assert 2 * 5 * 3 < WINOGRAD_FEWEST <= 3 * 5 * 3         # runs of up to 15 rows
+    x = rng.standard_normal((3, 10, h, wd))
+    w = rng.standard_normal((6, 5, 3, 3))
+    b = rng.standard_normal(6)
+    # U (alpha^2 x 3 x 5 float64) fits: a run keeps V (alpha^2 x 5 x T) within the cache
+    monkeypatch.setattr(_workspace, "WINOGRAD_CACHE", alpha * alpha * 5 * 8 * 3 * run_rows)
+    assert winograd_workspace(alpha, 5, 3, 3, 5, 3, np.float64)[0].shape[1] == 3 * run_rows
+    args = ((1, 1), (1, 1, 1, 1), (1, 1), 2)
+    ref = oracle.conv2d(x, w, b, *args)
+    dy = rng.standard_normal(ref.shape)
+    gx_ref = oracle.conv2d_backward(dy, x, w, *args)[0]
+    for packed in (False, True):
+        monkeypatch.setattr(_compiled, "winograd_packed", lambda *args: packed)
+        y = fc.conv2d(x, w, b, padding=1, groups=2, algorithm=algo, backend=backend)
+        assert rel_err(y, ref) <= 1e-10
+        gx = fc.conv2d_backward(dy, x, w, padding=1, groups=2, algorithm=algo,
+                                backend=backend)[0]
+        assert rel_err(gx, gx_ref) <= 1e-10
 
 
 def test_packed_filter_transform_holds_panels_of_output_channels():

@@ -134,8 +134,8 @@ def winograd_convolutions(kernels, m, conv2d_bwd_weight_im2col):
             relu=False):
         _, bt, at = TRANSFORMS[m].matrices(x.dtype)
         c_per_group, k_per_group = x.shape[1] // groups, y.shape[1] // groups
-        v, mm = winograd_workspace(alpha, c_per_group, k_per_group, -(-y.shape[2] // m),
-                                   -(-y.shape[3] // m), x.dtype)
+        v, mm = winograd_workspace(alpha, c_per_group, k_per_group, y.shape[0],
+                                   -(-y.shape[2] // m), -(-y.shape[3] // m), x.dtype)
         packed = winograd_packed(v.shape[1], k_per_group, c_per_group, x.dtype.itemsize)
         u = FILTERS.get(w, m, groups, rotated, kernels.WINOGRAD_PANEL if packed else 0,
                         lambda saved, now: kernels.same_bytes(

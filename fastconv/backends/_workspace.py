@@ -19,6 +19,7 @@ import numpy as np
 CACHE_BLOCK = 1 << 20
 WINOGRAD_CACHE = 2 << 20     # a core's L2 here
 WINOGRAD_TILES = 256
+WINOGRAD_FEWEST = 32
 WHOLE_ROWS_BELOW = 32
 DIRECT_ACC = 4096
 WEIGHT_HEAVY = 4
@@ -183,16 +184,29 @@ def per_image_gradients(w, dy, groups, n_threads):
         (tasks % n_threads == 0 or tasks >= 4 * n_threads)
 
 
-def winograd_workspace(alpha, c_per_group, k_per_group, tiles_h, tiles_w, dtype):
+def winograd_workspace(alpha, c_per_group, k_per_group, images, tiles_h, tiles_w, dtype):
     """Buffers of the Winograd kernels for runs of whole tile rows, T tiles, shared by
-    the threads: V (alpha^2*Cg, T) and M (alpha^2*Kg, T).
+    the threads: V (alpha^2*Cg, T) and M (alpha^2*Kg, T). The kernels take the tile
+    rows of a batch's ``images`` as one sequence, ``tiles_h`` rows of ``tiles_w`` to
+    an image.
 
     T is a whole number of rows of ``tiles_w`` tiles: as many as keep it at most
-    ``WINOGRAD_TILES``, within the workspace limit, and no more than there are,
-    but at least one. Every run reads all of the transformed filters U: where
-    they outgrow a core's L2 (``WINOGRAD_CACHE``) they stream from memory, and
-    long runs share that out; where they fit, a run is only as long as keeps its
-    V there too. VGG-16's conv3_2 (256 channels) ran fastest at 256 tiles; its
+    ``WINOGRAD_TILES``, within the workspace limit, and no more than an image has,
+    but at least one; where an image has fewer than ``WINOGRAD_FEWEST`` tiles, as
+    many whole images of the batch as reach that. Every run reads all of the
+    transformed filters U: where they outgrow a core's L2 (``WINOGRAD_CACHE``)
+    they stream from memory, and long runs share that out; where they fit, a run
+    is only as long as keeps its V there too. A run of one image read U once per
+    image however few its tiles; sharing runs, F(4x4) at batch 8, kernel alone, 2
+    threads (in-process A/B, two runs, ms, Cython / Numba): 512 channels at 7x7
+    7.62-7.69 -> 3.13-3.47 / 7.75-7.92 -> 3.37-3.57, 448 at 8x8 6.10-6.30 ->
+    2.45-2.62 / 6.26-6.33 -> 2.74-2.90, 256 at 14x14 4.09-4.10 -> 3.66-3.76 /
+    4.11-4.33 -> 3.85-4.07, 192 at 17x17 (two images a run) 4.30-4.41 -> 3.92-4.02
+    / 4.48-4.63 -> 4.20-4.27; F(6x6), 512 at 7x7, 14.6-14.7 -> 6.4-6.5 / 14.2 ->
+    6.3-6.6. In a scan of run lengths (Cython), 16 and 32 tiles were within 3% of
+    each other on 7x7 and 14x14 maps of 256 and 512 channels, 64 from 5% faster
+    to 11% slower; 35 (7 rows of a 17x17 map, through BLAS) was 15% slower than
+    25 or 50. VGG-16's conv3_2 (256 channels) ran fastest at 256 tiles; its
     conv1_2 (64 channels, runs of 4 rows of 56 tiles rather than 2 with half the
     budget) ran 3-15% faster in an in-process A/B, Cython 13.94 -> 13.55 and
     14.32 -> 13.12 ms, Numba 14.89 -> 12.67 and 14.75 -> 13.35.
@@ -207,7 +221,8 @@ def winograd_workspace(alpha, c_per_group, k_per_group, tiles_h, tiles_w, dtype)
     most = WINOGRAD_TILES
     if alpha * alpha * c_per_group * k_per_group * itemsize <= WINOGRAD_CACHE:
         most = min(most, WINOGRAD_CACHE // (alpha * alpha * c_per_group * itemsize))
-    t = max(1, min(min(most, _limit // tile_bytes) // tiles_w, tiles_h)) * tiles_w
+    rows = tiles_h * min(images, -(-WINOGRAD_FEWEST // (tiles_h * tiles_w)))
+    t = max(1, min(min(most, _limit // tile_bytes) // tiles_w, rows)) * tiles_w
     v_size, m_size = alpha * alpha * c_per_group * t, alpha * alpha * k_per_group * t
     flat = _kept_buffer((v_size + m_size) * itemsize).view(dtype)
     return flat[:v_size].reshape(-1, t), flat[v_size:].reshape(-1, t)
