@@ -110,8 +110,19 @@ DIRECT_BACKENDS = ("cython", "numba")
 # F(4x4) on the layers of about 1e8 multiply-adds (64 channels at 56x56,
 # 128 at 28x28: 1.64 against 1.64 ms in Cython, 1.71 against 2.19 in Numba),
 # and lost by 1.4-1.9x on those of 1.8e9 (VGG-16 conv1_2 to conv4_2).
+# The pixels are the batch's: images of few tiles share the kernels' runs of
+# tiles (fastconv/backends/_workspace.py). At batch 4, F(4x4) beat direct on the
+# 14x14 3x3 layers of VGG-16, ResNet-18/50 and GoogLeNet by 1.06-1.38x in
+# Cython and Numba (VGG-16 conv5_2 9.3 against 12.8 ms, ResNet-50 layer3
+# 2.6-2.8 against 3.2-3.4); at batch 2 (half the pixels) by 1.01-1.34x in
+# Cython but 0.81-1.18x in Numba, and on 7x7 maps at batch 2 in neither. On
+# 7x7 maps at batch 8 (also half) it won in both, by 1.2-1.3x (ResNet-50
+# layer4 4.9-5.6 against 6.5-7.1 ms), which the rule leaves to the others.
+# ResNet-18 and ResNet-50 at batch 8 ran 1-5% faster with the batch's pixels
+# than with an image's (inference and a training step; ResNet-50's training
+# step in Numba 2% slower), GoogLeNet within 2% either way.
 # The NumPy reference never picks Winograd: it is the readable oracle.
-WINOGRAD_RULE = (32, 28 * 28)  # min input channels per group, min pixels
+WINOGRAD_RULE = (32, 28 * 28)  # min input channels per group, min pixels of the batch
 WINOGRAD_INFERENCE_MACS = 400_000_000   # below, direct at inference
 WINOGRAD_BACKENDS = ("cython", "numba")
 
@@ -119,7 +130,7 @@ WINOGRAD_BACKENDS = ("cython", "numba")
 def auto_algorithm(geometry, available, backend_name, inference=False):
     """The algorithm ``"auto"`` runs: direct for tiny and (compiled) depthwise
     convolutions, Winograd F(4x4) for 3x3 stride-1 layers with enough channels and
-    pixels (compiled; at inference, also enough multiply-adds), direct for the rest
+    pixels in the batch (compiled; at inference, also enough multiply-adds), direct for the rest
     but 1x1 at inference (compiled), else im2col + BLAS."""
     g = geometry
     if "direct" in available and g.macs <= DIRECT_MAX_MACS:
@@ -131,7 +142,7 @@ def auto_algorithm(geometry, available, backend_name, inference=False):
         backend_name in DIRECT_BACKENDS and (g.kh, g.kw) != (1, 1)
     channels, least = WINOGRAD_RULE
     if backend_name in WINOGRAD_BACKENDS and winograd_applicable(g) and \
-            g.c_in // g.groups >= channels and g.oh * g.ow >= least and \
+            g.c_in // g.groups >= channels and g.n * g.oh * g.ow >= least and \
             "winograd4" in available and \
             not (direct_inference and g.macs < WINOGRAD_INFERENCE_MACS):
         return "winograd4"

@@ -162,8 +162,8 @@ def test_a_forked_child_runs_numba_kernels_after_the_parent_listed_the_backends(
     assert out.returncode == 0 and out.stdout.strip() == "0", (out.stdout, out.stderr[-2000:])
 
 
-def _geometry(kernel=3, stride=1, dilation=1, channels=8, size=16):
-    x = np.zeros((1, channels, size, size))
+def _geometry(kernel=3, stride=1, dilation=1, channels=8, size=16, batch=1):
+    x = np.zeros((batch, channels, size, size))
     w = np.zeros((channels, channels, kernel, kernel))
     return conv2d_geometry(x, w, None, stride, 1, dilation, 1)[3]
 
@@ -200,11 +200,16 @@ def test_auto_picks_direct_for_depthwise_layers_on_compiled_backends(groups, exp
     (16, 56, 3, 1, "im2col"),         # too few channels for the transforms
     (64, 56, 3, 2, "im2col"),         # strided
     (64, 56, 5, 1, "im2col"),         # not 3x3
+    ((512, 4), 14, 3, 1, "winograd4"),  # VGG-16 conv5_2 at batch 4: the batch's tiles
+    ((256, 2), 14, 3, 1, "im2col"),   # ResNet-50 layer3.conv2 at batch 2: still too few
+    ((512, 16), 7, 3, 1, "winograd4"),
+    ((512, 8), 7, 3, 1, "im2col"),
 ])
 @pytest.mark.parametrize("backend", ["cython", "numba"])
 def test_auto_picks_winograd_where_it_was_measured_to_win(channels, size, kernel, stride,
                                                           expected, backend):
-    g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size)
+    channels, batch = channels if isinstance(channels, tuple) else (channels, 1)
+    g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size, batch=batch)
     assert choose_algorithm(g, "auto", ALGORITHMS, backend) == expected
     assert choose_algorithm(g, "auto", ("im2col", "direct"), backend) == "im2col"
     assert choose_algorithm(g, "auto", ALGORITHMS, "numpy") == "im2col"
@@ -220,11 +225,14 @@ def test_auto_picks_winograd_where_it_was_measured_to_win(channels, size, kernel
     (128, 28, 3, 1, "direct"),
     (64, 56, 1, 1, "im2col"),         # 1x1: a GEMM with no lowering
     (64, 56, 1, 2, "im2col"),
+    ((256, 4), 14, 3, 1, "winograd4"),    # ResNet-50 layer3.conv2 at batch 4: 4.6e8
+    ((112, 4), 14, 3, 1, "direct"),       # 112 channels at batch 4: 8.9e7
 ])
 @pytest.mark.parametrize("backend", ["cython", "numba"])
 def test_auto_picks_direct_at_inference_where_winograd_does_not_run(channels, size, kernel,
                                                                    stride, expected, backend):
-    g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size)
+    channels, batch = channels if isinstance(channels, tuple) else (channels, 1)
+    g = _geometry(kernel=kernel, stride=stride, channels=channels, size=size, batch=batch)
     assert choose_algorithm(g, "auto", ALGORITHMS, backend, inference=True) == expected
     assert choose_algorithm(g, "auto", ALGORITHMS, "numpy", inference=True) == "im2col"
     assert choose_algorithm(g, "auto", ("im2col",), backend, inference=True) == "im2col"
