@@ -1367,10 +1367,21 @@ def conv2d_fwd_winograd(x,    # IN  (N, C, H, W)
                                  g * Kg + k0, k1 - k0, at, r0, n_r, th, tw)
 
 
-@pnjit
+@njit
 def same_bytes(a, b, n_threads):
     """Whether a and b (uint8, of one length) hold the same bytes: the check before a
-    cached filter transform is reused, the threads comparing a share each."""
+    cached filter transform is reused. Compared 8 bytes at a time where the length
+    allows (9.4 MB, 2 threads: 0.32 ms, as memcmp in the Cython twin; a byte at a
+    time 0.43-0.47)."""
+    if a.shape[0] % 8 == 0:
+        return _same_items(a.view(np.uint64), b.view(np.uint64), n_threads)
+    return _same_items(a, b, n_threads)
+
+
+@pnjit
+def _same_items(a, b, n_threads):
+    """Whether a and b (of one length) hold the same items, the threads comparing a
+    share each."""
     n = a.shape[0]
     differ = 0
     for t in prange(n_threads):

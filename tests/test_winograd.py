@@ -241,7 +241,7 @@ def test_same_bytes_finds_a_flipped_bit_anywhere(backend):
 
     same_bytes = importlib.import_module(KERNEL_MODULES[backend]).same_bytes
     rng = np.random.default_rng(10)
-    for n in (0, 1, 7, 1000, 4097):
+    for n in (0, 1, 7, 1000, 4096, 4097):     # 1000 and 4096: whole words of 8 bytes
         a = rng.integers(0, 256, n, dtype=np.uint8)
         for threads in (1, 2, 3):
             assert same_bytes(a, a.copy(), threads)
