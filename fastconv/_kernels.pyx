@@ -1122,20 +1122,23 @@ cdef void _padded_rows(const floating[:, :, :, ::1] x, Py_ssize_t n, Py_ssize_t 
 # A tile row's values sit every m-th column of the input and output rows. With m a
 # runtime value gcc loads and stores them one at a time (vinsertps, vextractps:
 # perf annotate); with a literal one it moves whole vectors and shuffles them, so
-# the tiles of F(2x2) and F(4x4) get their own loops.
-cdef inline void _gather_every(const floating* src, Py_ssize_t m, floating* dst,
-                               Py_ssize_t count) noexcept nogil:
-    """dst[q] = src[q*m] for q < count."""
-    cdef Py_ssize_t q
-    if m == 4:
-        for q in range(count):
-            dst[q] = src[4 * q]
-    elif m == 2:
-        for q in range(count):
-            dst[q] = src[2 * q]
-    else:
-        for q in range(count):
-            dst[q] = src[q * m]
+# the tiles of F(2x2) and F(4x4) get their own loops: _gather_tiles is inlined with
+# m a literal, and _interleave has a loop for each.
+cdef inline void _gather_tiles(const floating* buf, Py_ssize_t width, Py_ssize_t m,
+                               Py_ssize_t alpha, Py_ssize_t n_tr, Py_ssize_t tw,
+                               floating* dd, Py_ssize_t nt) noexcept nogil:
+    """dd[(r*alpha + s)*nt + tr*tw + q] = buf[(tr*m + r)*width + s + q*m], value (r, s) of
+    tile (tr, q), for tr < n_tr, q < tw and r, s < alpha."""
+    cdef Py_ssize_t tr, r, s, q
+    cdef const floating* src
+    cdef floating* dst
+    for tr in range(n_tr):
+        for r in range(alpha):
+            for s in range(alpha):
+                src = buf + (tr * m + r) * width + s
+                dst = dd + (r * alpha + s) * nt + tr * tw
+                for q in range(tw):
+                    dst[q] = src[q * m]
 
 
 cdef inline void _interleave(const floating* phases, Py_ssize_t pitch, Py_ssize_t m,
@@ -1201,7 +1204,7 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t c0, Py_ssiz
     channel c0 + c, tile row R of the batch being row R % th of image R // th."""
     cdef Py_ssize_t alpha = bt.shape[0], nt = n_r * tw
     cdef Py_ssize_t rows = n_r * m + alpha - m, width = tw * m + alpha - m
-    cdef Py_ssize_t c, r, s, a, n, ra, rb, tr
+    cdef Py_ssize_t c, s, a, n, ra, rb
     cdef floating* buf = <floating*> malloc((rows * width + 2 * alpha * alpha * nt)
                                             * sizeof(floating))
     cdef floating* dd = buf + rows * width         # D[r, s] at (r*alpha + s)*nt
@@ -1212,11 +1215,12 @@ cdef void _winograd_input(const floating[:, :, :, ::1] x, Py_ssize_t c0, Py_ssiz
             rb = min(r0 + n_r, n * th + th)
             _padded_rows(x, n, c0 + c, (ra - n * th) * m - pt, -pl, (rb - ra) * m + alpha - m,
                          width, buf)
-            for tr in range(rb - ra):
-                for r in range(alpha):
-                    for s in range(alpha):
-                        _gather_every(buf + (tr * m + r) * width + s, m,
-                                      dd + (r * alpha + s) * nt + (ra - r0 + tr) * tw, tw)
+            if m == 4:
+                _gather_tiles(buf, width, 4, alpha, rb - ra, tw, dd + (ra - r0) * tw, nt)
+            elif m == 2:
+                _gather_tiles(buf, width, 2, alpha, rb - ra, tw, dd + (ra - r0) * tw, nt)
+            else:
+                _gather_tiles(buf, width, m, alpha, rb - ra, tw, dd + (ra - r0) * tw, nt)
         for s in range(alpha):
             _combine(&bt[0, 0], alpha, alpha, dd + s * nt, alpha * nt, tmp + s * nt, alpha * nt,
                      nt)
