@@ -97,15 +97,15 @@ DIRECT_BACKENDS = ("cython", "numba")
 # Winograd pays when its transforms are amortised over enough channels and
 # its GEMMs get enough tiles. Measured on 2 cores (same process, against
 # PyTorch and each other) over 3x3 layers of 64-512 channels on 7x7 to 224x224
-# maps: F(4x4) beat im2col from 32 input channels on maps of at least 28x28,
-# in Cython and Numba, and F(6x6) nowhere beat F(4x4) (VGG-16 conv1_2:
-# 20.0 against 13.1 ms in Cython, 23.7 against 14.9 in Numba); F(2x2) lost to
-# F(4x4) from 28x28 up and to im2col below. On 14x14 and 7x7 maps none won;
-# since short runs of tiles multiply in register tiles, a warm F(4x4) call beats
-# direct on VGG-16's conv5_2 (2.14 against 3.26 ms in Cython), but in the
+# maps, at batch 1: F(4x4) beat im2col from 32 input channels on maps of at
+# least 28x28, in Cython and Numba, and F(6x6) nowhere beat F(4x4) (VGG-16
+# conv1_2: 20.0 against 13.1 ms in Cython, 23.7 against 14.9 in Numba); F(2x2)
+# lost to F(4x4) from 28x28 up and to im2col below. On 14x14 and 7x7 maps none
+# won; since short runs of tiles multiply in register tiles, a warm F(4x4) call
+# beats direct on VGG-16's conv5_2 (2.14 against 3.26 ms in Cython), but in the
 # model, where its transformed filters (4x the weights) come from memory, VGG-16
 # with F(4x4) on its 14x14 layers ran 86.0 -> 86.7 ms (Cython) and 92.7 -> 93.2
-# (Numba): those stay direct.
+# (Numba): at batch 1 those stay with direct (at inference) or im2col.
 # At inference the direct kernel is the other contender: it tied or beat
 # F(4x4) on the layers of about 1e8 multiply-adds (64 channels at 56x56,
 # 128 at 28x28: 1.64 against 1.64 ms in Cython, 1.71 against 2.19 in Numba),

@@ -146,9 +146,9 @@ def test_images_of_few_tiles_share_a_run():
 def test_runs_span_the_images_of_a_batch(monkeypatch, backend, algo, run_rows):
     """Images of fewer than WINOGRAD_FEWEST tiles share runs: a run takes whole tile
     rows of the batch as one sequence, image after image. Runs of 2, 4, 7 and 11
-    rows over three images of 5 tile rows each start and end inside images and
+    rows over five images of 5 tile rows each start and end inside images and
     hold the end of one and the start of the next (7 and 11: a whole image
-    between two parts); 15 is the whole batch. Two groups, cut tiles at the right and bottom edges,
+    between two parts, rows 14-20 and 11-21); 15 is three whole images. Two groups, cut tiles at the right and bottom edges,
     both kinds of product; forward and data gradient against the oracle."""
     from fastconv.backends import _compiled, _workspace
     from fastconv.backends._workspace import WINOGRAD_FEWEST, winograd_workspace
@@ -157,13 +157,13 @@ def test_runs_span_the_images_of_a_batch(monkeypatch, backend, algo, run_rows):
     alpha = m + 2
     rng = np.random.default_rng(10)
     h, wd = 5 * m - 2, 3 * m - 1                    # 5 x 3 tiles, the last of each cut
-    assert 2 * 5 * 3 < WINOGRAD_FEWEST <= 3 * 5 * 3         # runs of up to 15 rows
-    x = rng.standard_normal((3, 10, h, wd))
+    assert 2 * 5 * 3 < WINOGRAD_FEWEST <= 3 * 5 * 3         # runs of up to 3 images
+    x = rng.standard_normal((5, 10, h, wd))
     w = rng.standard_normal((6, 5, 3, 3))
     b = rng.standard_normal(6)
     # U (alpha^2 x 3 x 5 float64) fits: a run keeps V (alpha^2 x 5 x T) within the cache
     monkeypatch.setattr(_workspace, "WINOGRAD_CACHE", alpha * alpha * 5 * 8 * 3 * run_rows)
-    assert winograd_workspace(alpha, 5, 3, 3, 5, 3, np.float64)[0].shape[1] == 3 * run_rows
+    assert winograd_workspace(alpha, 5, 3, 5, 5, 3, np.float64)[0].shape[1] == 3 * run_rows
     args = ((1, 1), (1, 1, 1, 1), (1, 1), 2)
     ref = oracle.conv2d(x, w, b, *args)
     dy = rng.standard_normal(ref.shape)

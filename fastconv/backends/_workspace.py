@@ -193,7 +193,7 @@ def winograd_workspace(alpha, c_per_group, k_per_group, images, tiles_h, tiles_w
     T is a whole number of rows of ``tiles_w`` tiles: as many as keep it at most
     ``WINOGRAD_TILES``, within the workspace limit, and no more than an image has,
     but at least one; where an image has fewer than ``WINOGRAD_FEWEST`` tiles, as
-    many whole images of the batch as reach that. Every run reads all of the
+    many whole images of the batch as reach that, within the same bounds. Every run reads all of the
     transformed filters U: where they outgrow a core's L2 (``WINOGRAD_CACHE``)
     they stream from memory, and long runs share that out; where they fit, a run
     is only as long as keeps its V there too. A run of one image read U once per
