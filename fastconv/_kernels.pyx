@@ -1328,14 +1328,14 @@ def conv2d_fwd_winograd(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     dilation 1; pt and pl may be negative, which crops, as the data gradient needs).
     T, the workspaces' width, is a whole number of tile rows.
 
-    Per group and run of tile rows (of one image or several), three parallel
-    phases: the threads split the input channels of the input transform, then
-    the alpha^2 GEMMs, then the output channels of the output transform. A GEMM runs through BLAS,
-    or, packed, in register tiles (_winograd_tile) that read U's panels of
-    TILE_P output channels, (Cg, TILE_P) each, the last one padded with zeros.
-    A panel's first pass streams it from memory at the pace of its multiply-adds;
-    its later passes (and the only one, on up to TILE_K tiles) prefetch the next
-    panel, so that memory stays busy while they compute from cache.
+    Per group and run of tile rows (of one image or several), three parallel phases: the
+    threads split the input channels of the input transform, then the alpha^2 GEMMs,
+    then the output channels of the output transform. A GEMM runs through BLAS, or,
+    packed, in register tiles (_winograd_tile) that read U's panels of TILE_P output
+    channels, (Cg, TILE_P) each, the last one padded with zeros. A panel's first pass
+    streams it from memory at the pace of its multiply-adds; its later passes (and the
+    only one, on up to TILE_K tiles) prefetch the next panel, so that memory stays busy
+    while they compute from cache.
     """
     cdef Py_ssize_t m = at.shape[0], alpha2 = u.shape[1]
     cdef Py_ssize_t Kg = y.shape[1] // groups, Cg = x.shape[1] // groups

@@ -148,8 +148,9 @@ def test_runs_span_the_images_of_a_batch(monkeypatch, backend, algo, run_rows):
     rows of the batch as one sequence, image after image. Runs of 2, 4, 7 and 11
     rows over five images of 5 tile rows each start and end inside images and
     hold the end of one and the start of the next (7 and 11: a whole image
-    between two parts, rows 14-20 and 11-21); 15 is three whole images. Two groups, cut tiles at the right and bottom edges,
-    both kinds of product; forward and data gradient against the oracle."""
+    between two parts, rows 14-20 and 11-21); 15 is three whole images. Two
+    groups, cut tiles at the right and bottom edges, both kinds of product;
+    forward and data gradient against the oracle."""
     from fastconv.backends import _compiled, _workspace
     from fastconv.backends._workspace import WINOGRAD_FEWEST, winograd_workspace
 

@@ -193,20 +193,20 @@ def winograd_workspace(alpha, c_per_group, k_per_group, images, tiles_h, tiles_w
     T is a whole number of rows of ``tiles_w`` tiles: as many as keep it at most
     ``WINOGRAD_TILES``, within the workspace limit, and no more than an image has,
     but at least one; where an image has fewer than ``WINOGRAD_FEWEST`` tiles, as
-    many whole images of the batch as reach that, within the same bounds. Every run reads all of the
-    transformed filters U: where they outgrow a core's L2 (``WINOGRAD_CACHE``)
-    they stream from memory, and long runs share that out; where they fit, a run
-    is only as long as keeps its V there too. A run of one image read U once per
-    image however few its tiles; sharing runs, F(4x4) at batch 8, kernel alone, 2
-    threads (in-process A/B, two runs, ms, Cython / Numba): 512 channels at 7x7
-    7.62-7.69 -> 3.13-3.47 / 7.75-7.92 -> 3.37-3.57, 448 at 8x8 6.10-6.30 ->
-    2.45-2.62 / 6.26-6.33 -> 2.74-2.90, 256 at 14x14 4.09-4.10 -> 3.66-3.76 /
-    4.11-4.33 -> 3.85-4.07, 192 at 17x17 (two images a run) 4.30-4.41 -> 3.92-4.02
-    / 4.48-4.63 -> 4.20-4.27; F(6x6), 512 at 7x7, 14.6-14.7 -> 6.4-6.5 / 14.2 ->
-    6.3-6.6. In a scan of run lengths (Cython), 16 and 32 tiles were within 3% of
-    each other on 7x7 and 14x14 maps of 256 and 512 channels, 64 from 5% faster
-    to 11% slower; 35 (7 rows of a 17x17 map, through BLAS) was 15% slower than
-    25 or 50. VGG-16's conv3_2 (256 channels) ran fastest at 256 tiles; its
+    many whole images of the batch as reach that, within the same bounds. Every run
+    reads all of the transformed filters U: where they outgrow a core's L2
+    (``WINOGRAD_CACHE``) they stream from memory, and long runs share that out;
+    where they fit, a run is only as long as keeps its V there too. A run of one
+    image read U once per image however few its tiles; sharing runs, F(4x4) at batch
+    8, kernel alone, 2 threads (in-process A/B, two runs, ms, Cython / Numba): 512
+    channels at 7x7 7.62-7.69 -> 3.13-3.47 / 7.75-7.92 -> 3.37-3.57, 448 at 8x8
+    6.10-6.30 -> 2.45-2.62 / 6.26-6.33 -> 2.74-2.90, 256 at 14x14 4.09-4.10 ->
+    3.66-3.76 / 4.11-4.33 -> 3.85-4.07, 192 at 17x17 (two images a run) 4.30-4.41 ->
+    3.92-4.02 / 4.48-4.63 -> 4.20-4.27; F(6x6), 512 at 7x7, 14.6-14.7 -> 6.4-6.5 /
+    14.2 -> 6.3-6.6. In a scan of run lengths (Cython), 16 and 32 tiles were within
+    3% of each other on 7x7 and 14x14 maps of 256 and 512 channels, 64 from 5%
+    faster to 11% slower; 35 (7 rows of a 17x17 map, through BLAS) was 15% slower
+    than 25 or 50. VGG-16's conv3_2 (256 channels) ran fastest at 256 tiles; its
     conv1_2 (64 channels, runs of 4 rows of 56 tiles rather than 2 with half the
     budget) ran 3-15% faster in an in-process A/B, Cython 13.94 -> 13.55 and
     14.32 -> 13.12 ms, Numba 14.89 -> 12.67 and 14.75 -> 13.35.
